@@ -1,0 +1,491 @@
+"""Shared base of every datamodule: arguments, transforms, image loading, errors and split helpers.
+
+Every dataset module subclasses :class:`ClassificationDataModule` and implements two things:
+
+* ``_check_layout()``: raise :class:`DatasetLayoutError` when the on-disk layout is not the official one;
+* ``_build_datasets()``: return the ``(train, val, test)`` datasets (val and test may be the same object
+  where the paper's protocol has only a train/test split).
+
+``num_classes`` (and ``class_names`` where it is known without reading the disk) is set in ``__init__``:
+LightningCLI links ``data.num_classes`` into the model right after the datamodule is instantiated, so a
+fixed-class dataset must not need its files at that point.
+
+Image files are decoded with PIL and always converted to 3-channel 8-bit RGB (:func:`load_rgb` handles
+grayscale, palette, CMYK, RGBA/LA (composited on white) and 16-bit/float images). A file that cannot be
+decoded either raises :class:`BadImageError` naming it (``on_bad_image="error"``, the default) or is dropped
+after a scan at ``setup`` time with a single warning giving the count (``on_bad_image="skip"``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+)
+
+TrainCrop = Literal["random_resized", "random", "center", "resize"]
+OnBadImage = Literal["error", "skip"]
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset root is missing or is not laid out the way the datamodule expects.
+
+    The message names the dataset, the missing path, the expected layout (a short tree) and where to get
+    the data, so that the error alone tells the user what to fix.
+    """
+
+    def __init__(self, dataset: str, missing: str | os.PathLike[str], layout: str = "", url: str = "",
+                 detail: str = "") -> None:
+        lines = [f"{dataset}: {detail or 'expected path not found'}: {missing}"]
+        if layout:
+            lines += ["Expected layout:", *("    " + line for line in layout.strip("\n").splitlines())]
+        if url:
+            lines.append(f"Get the data from: {url}")
+        self.dataset = dataset
+        self.missing = str(missing)
+        super().__init__("\n".join(lines))
+
+    def __str__(self) -> str:  # OSError would otherwise format as "[Errno None] ..." for some args
+        return self.args[0]
+
+
+class BadImageError(RuntimeError):
+    """An image file exists but cannot be decoded (corrupt, truncated or not an image)."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(
+            f"cannot decode image {path}: {reason}. Fix or delete the file, or set "
+            "`data.init_args.on_bad_image: skip` to drop undecodable files (they are counted at setup)."
+        )
+        self.path = str(path)
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image file into an 8-bit, 3-channel RGB PIL image.
+
+    Handles every PIL mode a real dataset contains: ``L``/``1``/``P`` (expanded), ``CMYK``/``YCbCr``
+    (converted), ``RGBA``/``LA``/``PA`` and palette images with transparency (alpha-composited on white,
+    rather than PIL's default of dropping alpha, which turns transparent pixels black), ``I;16``/``I``
+    (16-bit or 32-bit integers, rescaled by their bit depth rather than clipped at 255) and ``F``
+    (min-max scaled).
+
+    Raises:
+        BadImageError: the file cannot be decoded (truncated JPEG, not an image, ...).
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise BadImageError(path, f"{type(err).__name__}: {err}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert an already-loaded PIL image of any mode to 8-bit RGB (see :func:`load_rgb`)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if mode == "F":
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        else:
+            # 16-bit PNGs decode as I;16 (recent Pillow) or I (older Pillow); both hold 0..65535.
+            peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+            arr = arr * (255.0 / peak)
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
+class ImageListDataset(Dataset):
+    """Dataset over a list of ``(path, label)`` pairs: decoded to RGB, then ``transform`` applied.
+
+    Args:
+        samples: ``(file path, class index)`` pairs.
+        transform: callable applied to the RGB PIL image.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable[[Any], Any] | None = None) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    @property
+    def targets(self) -> list[int]:
+        """Class index of every sample, in order."""
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+class TensorImageDataset(Dataset):
+    """In-memory dataset of uint8 images ``(N, 3, H, W)`` and integer labels ``(N,)``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 transform: Callable[[Any], Any] | None = None) -> None:
+        if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 images of shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels.long()
+        self.transform = transform
+
+    @property
+    def targets(self) -> list[int]:
+        """Class index of every sample, in order."""
+        return self.labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image: Any = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """Whether the file name has an image extension (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def stratified_split(
+    labels: Sequence[int], ratios: Sequence[float], seed: int, dataset: str = "dataset"
+) -> list[list[int]]:
+    """Seeded, stratified split of sample indices into ``len(ratios)`` parts (2 or 3).
+
+    Uses ``sklearn.model_selection.train_test_split(stratify=..., random_state=seed)``: first the last part
+    (test) is split off, then (with three ratios) the middle part (val) from the remainder. The same
+    labels, ratios and seed always give the same split.
+
+    Args:
+        labels: class index of every sample.
+        ratios: fractions summing to 1, e.g. ``(0.7, 0.3)`` or ``(0.7, 0.15, 0.15)``.
+        seed: random seed.
+        dataset: name used in error messages.
+
+    Returns:
+        One sorted list of indices per ratio.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if len(ratios) not in (2, 3) or any(r <= 0 for r in ratios) or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+        raise ValueError(f"{dataset}: split_ratios must be 2 or 3 positive fractions summing to 1, got {list(ratios)}")
+    indices = np.arange(len(labels))
+    labels_arr = np.asarray(labels)
+    try:
+        rest, last = train_test_split(indices, test_size=ratios[-1], stratify=labels_arr, random_state=seed)
+        parts = [rest, last]
+        if len(ratios) == 3:
+            val_fraction = ratios[1] / (ratios[0] + ratios[1])
+            train, val = train_test_split(rest, test_size=val_fraction, stratify=labels_arr[rest], random_state=seed)
+            parts = [train, val, last]
+    except ValueError as err:
+        counts = np.bincount(labels_arr)
+        raise ValueError(
+            f"{dataset}: cannot make a stratified split {list(ratios)} of {len(labels)} images in "
+            f"{int((counts > 0).sum())} classes (smallest class has {int(counts[counts > 0].min())} images): {err}"
+        ) from None
+    return [sorted(int(i) for i in part) for part in parts]
+
+
+def find_class_folders(directory: Path, dataset: str, layout: str = "", url: str = "") -> list[str]:
+    """Sorted names of the class sub-folders of ``directory`` (hidden folders ignored).
+
+    Raises:
+        DatasetLayoutError: ``directory`` is missing or holds no sub-folders.
+    """
+    if not directory.is_dir():
+        raise DatasetLayoutError(dataset, directory, layout, url)
+    classes = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DatasetLayoutError(dataset, directory, layout, url, detail="no class sub-folders in")
+    return classes
+
+
+def list_images(directory: Path, dataset: str, recursive: bool = True) -> list[str]:
+    """Sorted image files under ``directory``.
+
+    Raises:
+        DatasetLayoutError: the folder holds no image file (an empty class folder).
+    """
+    pattern = directory.rglob("*") if recursive else directory.iterdir()
+    files = sorted(str(p) for p in pattern if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+    if not files:
+        raise DatasetLayoutError(
+            dataset, directory, detail=f"class folder holds no image file (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return files
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Base datamodule for image classification: shared arguments, transforms and dataloaders.
+
+    Args:
+        root: dataset root directory (see each subclass for the expected layout).
+        batch_size: batch size PER DEVICE (global batch = batch_size x devices x num_nodes).
+        num_workers: dataloader worker processes.
+        image_size: side of the square network input.
+        resize_size: shorter side the image is resized to before the centre crop at evaluation (and before
+            the random crop when ``train_crop="random"`` / ``"center"``); ``None`` means
+            ``round(image_size / 0.875)`` (the ImageNet 256 -> 224 convention; 1.0 for low-resolution
+            datasets whose images already have the input size).
+        train_crop: training crop: ``random_resized`` (RandomResizedCrop with ``scale``), ``random``
+            (resize to ``resize_size`` then RandomCrop with ``crop_padding``), ``center`` (resize then
+            CenterCrop, no random crop), ``resize`` (resize the whole image to ``image_size`` squared; the
+            evaluation pipeline then also resizes without cropping).
+        crop_padding: zero padding of each border before RandomCrop (CIFAR: 4).
+        scale: area range of RandomResizedCrop.
+        hflip: probability of a horizontal flip.
+        vflip: probability of a vertical flip.
+        rotation: maximum rotation in degrees (0 = off).
+        color_jitter: brightness/contrast/saturation jitter strength (0 = off).
+        mean: per-channel normalisation mean (on 0..1 pixels).
+        std: per-channel normalisation standard deviation.
+        pin_memory: pin host memory (only used when CUDA is available).
+        persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
+        download: download the data if missing (only datasets torchvision can download; never in tests).
+        on_bad_image: ``error`` raises :class:`BadImageError` naming an undecodable file when it is loaded;
+            ``skip`` decodes every file once at setup, drops the bad ones and warns once with their count.
+    """
+
+    dataset_name: ClassVar[str] = "dataset"
+    homepage: ClassVar[str] = ""
+    expected_layout: ClassVar[str] = ""
+    #: image_size / resize_size when ``resize_size`` is None.
+    eval_crop_ratio: ClassVar[float] = 0.875
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 32,
+        num_workers: int = 4,
+        image_size: int = 224,
+        resize_size: int | None = None,
+        train_crop: TrainCrop = "random_resized",
+        crop_padding: int = 0,
+        scale: tuple[float, float] = (0.08, 1.0),
+        hflip: float = 0.5,
+        vflip: float = 0.0,
+        rotation: float = 0.0,
+        color_jitter: float = 0.0,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        download: bool = False,
+        on_bad_image: OnBadImage = "error",
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        if train_crop not in ("random_resized", "random", "center", "resize"):
+            raise ValueError(f"train_crop must be random_resized|random|center|resize, got {train_crop!r}")
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be error|skip, got {on_bad_image!r}")
+        self.root = os.path.expanduser(str(root))
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.resize_size = resize_size if resize_size is not None else max(
+            image_size, round(image_size / self.eval_crop_ratio)
+        )
+        self.train_crop = train_crop
+        self.crop_padding = crop_padding
+        self.scale = tuple(scale)
+        self.hflip = hflip
+        self.vflip = vflip
+        self.rotation = rotation
+        self.color_jitter = color_jitter
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.download = download
+        self.on_bad_image = on_bad_image
+        self.num_classes: int = 0
+        self.class_names: list[str] | None = None
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.train_transform = self.build_train_transform()
+        self.eval_transform = self.build_eval_transform()
+
+    # ------------------------------------------------------------------ transforms
+    def _finish(self) -> list[Any]:
+        return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(self.mean), std=list(self.std))]
+
+    def build_train_transform(self) -> v2.Compose:
+        """The training pipeline built from the augmentation arguments (input: PIL, ndarray HWC or CHW tensor)."""
+        size = self.image_size
+        ops: list[Any] = [v2.ToImage()]
+        if self.train_crop == "random_resized":
+            ops.append(v2.RandomResizedCrop(size, scale=self.scale, antialias=True))
+        elif self.train_crop == "random":
+            ops += [v2.Resize(self.resize_size, antialias=True),
+                    v2.RandomCrop(size, padding=self.crop_padding or None, pad_if_needed=True)]
+        elif self.train_crop == "center":
+            ops += [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(size)]
+        else:
+            ops.append(v2.Resize((size, size), antialias=True))
+        if self.hflip > 0:
+            ops.append(v2.RandomHorizontalFlip(self.hflip))
+        if self.vflip > 0:
+            ops.append(v2.RandomVerticalFlip(self.vflip))
+        if self.rotation > 0:
+            ops.append(v2.RandomRotation(self.rotation))
+        if self.color_jitter > 0:
+            ops.append(v2.ColorJitter(self.color_jitter, self.color_jitter, self.color_jitter))
+        return v2.Compose(ops + self._finish())
+
+    def build_eval_transform(self) -> v2.Compose:
+        """Evaluation pipeline: resize the shorter side to ``resize_size``, centre-crop ``image_size``."""
+        size = self.image_size
+        ops: list[Any] = [v2.ToImage()]
+        if self.train_crop == "resize":
+            ops.append(v2.Resize((size, size), antialias=True))
+        else:
+            ops += [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(size)]
+        return v2.Compose(ops + self._finish())
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def _check_layout(self) -> None:
+        """Raise :class:`DatasetLayoutError` if the files are not where they should be."""
+
+    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        """Return ``(train, val, test)`` datasets with ``self.train_transform`` / ``self.eval_transform``."""
+        raise NotImplementedError
+
+    def layout_error(self, missing: str | os.PathLike[str], detail: str = "") -> DatasetLayoutError:
+        """A :class:`DatasetLayoutError` for this dataset (name, expected layout, homepage filled in)."""
+        return DatasetLayoutError(self.dataset_name, missing, self.expected_layout, self.homepage, detail)
+
+    def require(self, *relative: str) -> None:
+        """Raise a layout error naming the first of ``root/relative`` paths that does not exist."""
+        if not os.path.isdir(self.root):
+            raise self.layout_error(self.root, "dataset root not found")
+        for rel in relative:
+            path = os.path.join(self.root, rel)
+            if not os.path.exists(path):
+                raise self.layout_error(path)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        """Check the layout and build the datasets (once; later calls are no-ops)."""
+        if self.train_set is not None:
+            return
+        self._check_layout()
+        train, val, test = self._build_datasets()
+        if self.on_bad_image == "skip":
+            train, val, test = self._drop_bad_images([train, val, test])
+        self.train_set, self.val_set, self.test_set = train, val, test
+
+    def _drop_bad_images(self, datasets: list[Dataset]) -> list[Dataset]:
+        """Decode every file of the file-based datasets once; drop undecodable ones; warn once with the count."""
+        paths = sorted({p for ds in datasets if isinstance(ds, ImageListDataset) for p, _ in ds.samples})
+        if not paths:
+            return datasets
+
+        def bad(path: str) -> bool:
+            try:
+                load_rgb(path)
+            except BadImageError:
+                return True
+            return False
+
+        with ThreadPoolExecutor(max_workers=max(1, self.num_workers)) as pool:
+            flags = list(pool.map(bad, paths))
+        bad_paths = {p for p, flag in zip(paths, flags) if flag}
+        if not bad_paths:
+            return datasets
+        examples = ", ".join(sorted(bad_paths)[:3])
+        warnings.warn(
+            f"{self.dataset_name}: skipped {len(bad_paths)} undecodable image file(s) of {len(paths)} "
+            f"(on_bad_image=skip), e.g. {examples}",
+            stacklevel=2,
+        )
+        out: list[Dataset] = []
+        replaced: dict[int, Dataset] = {}
+        for ds in datasets:
+            if isinstance(ds, ImageListDataset):
+                if id(ds) not in replaced:  # val and test may be the same object
+                    replaced[id(ds)] = ImageListDataset(
+                        [s for s in ds.samples if s[0] not in bad_paths], ds.transform
+                    )
+                ds = replaced[id(ds)]
+            out.append(ds)
+        return out
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before requesting a dataloader")
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            # Dropping the ragged last batch only matters for training (a batch of 1 breaks BatchNorm) and
+            # only when there is at least one full batch to keep.
+            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches (Lightning adds a DistributedSampler under DDP)."""
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches, never shuffled."""
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches, never shuffled."""
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Prediction batches over the test split, never shuffled."""
+        return self._loader(self.test_set, train=False)
+
+    def split_sizes(self) -> dict[str, int]:
+        """Number of samples in each split (after :meth:`setup`)."""
+        return {name: len(ds) for name, ds in  # type: ignore[arg-type]
+                (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)) if ds is not None}

@@ -1,0 +1,203 @@
+"""Generic labelled image folders (custom data such as the MSF-CA paper's 24-class ceramic set).
+
+Two layouts (``split``):
+
+* ``ratio``: one folder per class under ``root``; a seeded, stratified split by ``split_ratios``
+  (``[train, test]``, where val doubles as test, or ``[train, val, test]``). The MSF-CA paper's ceramic set
+  is split 7:3, i.e. ``split_ratios: [0.7, 0.3]``.
+* ``folders``: pre-split ``root/train/<class>/``, ``root/val/<class>/`` and optionally ``root/test/<class>/``
+  (without ``test/`` the val split doubles as the test split). Class indices come from ``train/``.
+
+``root`` may also be a ``.zip`` archive (e.g. ``../shared/data/cifar10-mini.zip``): it is extracted once into
+``cache_dir`` (extract into a temporary folder, then rename, so concurrent processes never see half an
+archive) and re-extracted only when the archive's size or modification time changes. Inside the extracted
+archive, single wrapping folders are descended automatically (``cifar10/train/<class>/`` is found for
+``split: ratio``; for ``split: folders`` descent stops at the folder that holds ``train/``).
+
+Class names are the sorted folder names; ``num_classes`` is discovered in ``__init__`` when the data is on
+disk (an explicit value must match).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+from torch.utils.data import Dataset
+
+from datamodules.base import (
+    ClassificationDataModule,
+    DatasetLayoutError,
+    ImageListDataset,
+    find_class_folders,
+    is_image_file,
+    list_images,
+    stratified_split,
+)
+
+_IGNORED_DIRS = {"__MACOSX"}
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
+
+
+def extract_zip(archive: Path, cache_dir: Path) -> Path:
+    """Extract ``archive`` into ``cache_dir`` once (atomically) and return ``cache_dir``.
+
+    A marker file records the archive's size and modification time; a changed archive is re-extracted.
+    """
+    marker_text = f"{archive.resolve()} {archive.stat().st_size} {archive.stat().st_mtime_ns}\n"
+    marker = cache_dir / ".paperbench_source"
+    if marker.is_file() and marker.read_text() == marker_text:
+        return cache_dir
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)  # zipfile strips absolute paths and '..' components
+        (tmp / ".paperbench_source").write_text(marker_text)
+        if cache_dir.exists():
+            # Stale extraction of an older archive: move it aside, then swap the new one in.
+            stale = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.stale-", dir=cache_dir.parent))
+            try:
+                os.replace(cache_dir, stale / "old")
+            except OSError:
+                pass
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, cache_dir)
+        except OSError:
+            # Another process finished first; its extraction is identical.
+            if not (marker.is_file() and marker.read_text() == marker_text):
+                raise
+    except zipfile.BadZipFile as err:
+        raise DatasetLayoutError("ImageFolder", archive, detail=f"not a valid zip archive ({err})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache_dir
+
+
+def descend_wrappers(path: Path, split: str) -> Path:
+    """Follow folders that only wrap a single sub-folder (as zip archives usually do)."""
+    while True:
+        if split == "folders" and (path / "train").is_dir():
+            return path
+        subdirs = _subdirs(path)
+        has_images = any(p.is_file() and is_image_file(p) for p in path.iterdir())
+        if len(subdirs) != 1 or has_images:
+            return path
+        path = subdirs[0]
+
+
+class ImageFolderDataModule(ClassificationDataModule):
+    """Labelled image folders, split by ratio (stratified, seeded) or pre-split into train/val[/test].
+
+    Args:
+        root: the folder (or a ``.zip`` of it) holding one sub-folder per class (``split: ratio``) or
+            ``train/``, ``val/`` and optionally ``test/`` (``split: folders``).
+        num_classes: expected number of classes; ``None`` discovers it from the folders (an explicit value
+            that does not match the folders is an error).
+        split: ``ratio`` or ``folders`` (see the module docstring).
+        split_ratios: ``[train, test]`` (val doubles as test) or ``[train, val, test]`` fractions.
+        split_seed: seed of the stratified split.
+        cache_dir: where a ``.zip`` root is extracted (default ``~/.cache/paperbench/<zip name>/``).
+        **kwargs: the remaining :class:`~datamodules.base.ClassificationDataModule` arguments.
+    """
+
+    dataset_name = "ImageFolder"
+    homepage = "your own data (see docs/datamodules.md); real sample archives: ../shared/data/cifar10-*.zip"
+
+    def __init__(
+        self,
+        root: str = "data/images",
+        num_classes: int | None = None,
+        split: Literal["folders", "ratio"] = "ratio",
+        split_ratios: tuple[float, ...] = (0.7, 0.3),
+        split_seed: int = 0,
+        cache_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, **kwargs)
+        if split not in ("folders", "ratio"):
+            raise ValueError(f"split must be folders|ratio, got {split!r}")
+        self.split = split
+        self.split_ratios = tuple(split_ratios)
+        self.split_seed = split_seed
+        self.cache_dir = cache_dir
+        self.source = self.root
+        if self.root.lower().endswith(".zip"):
+            archive = Path(self.root)
+            if not archive.is_file():
+                raise self.layout_error(archive, "zip archive not found")
+            cache = Path(os.path.expanduser(cache_dir)) if cache_dir else (
+                Path.home() / ".cache" / "paperbench" / archive.stem
+            )
+            self.root = str(descend_wrappers(extract_zip(archive, cache), split))
+        if os.path.isdir(self.root):
+            self.class_names = find_class_folders(self._class_dir, self.dataset_name, self.expected_layout)
+            if num_classes is not None and num_classes != len(self.class_names):
+                raise ValueError(
+                    f"{self.dataset_name}: num_classes={num_classes} but {self._class_dir} holds "
+                    f"{len(self.class_names)} class folders ({', '.join(self.class_names[:5])}"
+                    f"{', ...' if len(self.class_names) > 5 else ''}); fix num_classes or the folder"
+                )
+            self.num_classes = len(self.class_names)
+        elif num_classes is None:
+            raise self.layout_error(self.root, "dataset root not found (and num_classes not given)")
+        else:
+            self.num_classes = num_classes
+
+    @property
+    def expected_layout(self) -> str:  # type: ignore[override]
+        if getattr(self, "split", "ratio") == "folders":
+            return ("<root>/\n  train/<class_a>/*.jpg, train/<class_b>/*.jpg, ...\n"
+                    "  val/<class_a>/*.jpg, ...\n  test/<class_a>/*.jpg, ...   (optional; else val is the test set)")
+        return "<root>/\n  <class_a>/*.jpg\n  <class_b>/*.jpg\n  ...   (split by split_ratios)"
+
+    @property
+    def _class_dir(self) -> Path:
+        return Path(self.root) / "train" if self.split == "folders" else Path(self.root)
+
+    def _check_layout(self) -> None:
+        self.require(*(["train", "val"] if self.split == "folders" else []))
+        classes = find_class_folders(self._class_dir, self.dataset_name, self.expected_layout, self.homepage)
+        if len(classes) != self.num_classes:
+            raise ValueError(
+                f"{self.dataset_name}: num_classes={self.num_classes} but {self._class_dir} holds {len(classes)} "
+                "class folders"
+            )
+        self.class_names = classes
+
+    def _samples(self, directory: Path) -> list[tuple[str, int]]:
+        assert self.class_names is not None
+        index = {name: i for i, name in enumerate(self.class_names)}
+        found = find_class_folders(directory, self.dataset_name, self.expected_layout, self.homepage)
+        unknown = [c for c in found if c not in index]
+        if unknown:
+            raise DatasetLayoutError(
+                self.dataset_name, directory / unknown[0], self.expected_layout,
+                detail=f"class folder(s) {unknown[:5]} not present in {self._class_dir}",
+            )
+        return [(path, index[c]) for c in found for path in list_images(directory / c, self.dataset_name)]
+
+    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        root = Path(self.root)
+        if self.split == "folders":
+            train = self._samples(root / "train")
+            val = self._samples(root / "val")
+            test = self._samples(root / "test") if (root / "test").is_dir() else None
+        else:
+            samples = self._samples(root)
+            parts = stratified_split([lbl for _, lbl in samples], self.split_ratios, self.split_seed,
+                                     self.dataset_name)
+            train = [samples[i] for i in parts[0]]
+            val = [samples[i] for i in parts[1]]
+            test = [samples[i] for i in parts[2]] if len(parts) == 3 else None
+        val_set = ImageListDataset(val, self.eval_transform)
+        test_set = val_set if test is None else ImageListDataset(test, self.eval_transform)
+        return ImageListDataset(train, self.train_transform), val_set, test_set
