@@ -9,6 +9,7 @@ loaded first; experiment files override it. What this file adds to plain Lightni
   logger files, so ``--ckpt_path last`` resumes the experiment and its W&B run id;
 * W&B runs offline when no W&B account is configured (``wandb sync`` uploads them later);
 * ``sync_batchnorm`` is switched off on CPU (it needs GPUs);
+* ``--test_after_fit true`` tests the best checkpoint in the same process (and the same W&B run);
 * errors in the user's input (missing dataset, unknown model, bad checkpoint) print one message.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import uuid
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -45,7 +47,15 @@ class PaperCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str | None, default=None, help="Run folder name (default: config stem).")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=False, help="After fit, run test on the best checkpoint."
+        )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def after_fit(self) -> None:
+        if self.config.fit.get("test_after_fit"):
+            has_best = self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.best_model_path
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -105,9 +115,7 @@ def wandb_run_id(run_dir: Path, resuming: bool) -> str:
     id_file = run_dir / "wandb_id"
     if resuming and id_file.is_file():
         return id_file.read_text().strip()
-    import wandb.util
-
-    run_id = wandb.util.generate_id()
+    run_id = uuid.uuid4().hex[:12]
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)

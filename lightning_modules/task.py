@@ -196,8 +196,9 @@ class ClassificationTask(LightningModule):
         if not self.trainer.sanity_checking:
             self.val_acc1_best.update(values["val/acc1"])
             values["val/acc1_best"] = self.val_acc1_best.compute()
-        self.log_dict(values, prog_bar=False)
-        self.log("val/acc1", values["val/acc1"], prog_bar=True)
+        acc1 = values.pop("val/acc1")
+        self.log("val/acc1", acc1, prog_bar=True)
+        self.log_dict(values)
 
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()
@@ -207,7 +208,7 @@ class ClassificationTask(LightningModule):
         self.log_dict(values)
 
     # ------------------------------------------------------------------ optimisation
-    def configure_model(self) -> None:
+    def setup(self, stage: str) -> None:
         if self.hparams.compile and not getattr(self, "_compiled", False):
             self.backbone = torch.compile(self.backbone)
             self._compiled = True

@@ -1,0 +1,35 @@
+# Every target creates .venv and installs the project when it is missing.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# CPU/CUDA wheels of torch come from the machine's index; on a GPU machine pick the CUDA build first,
+# e.g. `$(BIN)/pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu128`.
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+PYTEST  := $(BIN)/python -m pytest
+
+.PHONY: install demo test test-slow bench lint clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python main.py fit --config experiments/quickstart.yaml --name quickstart-$$(date +%Y%m%d-%H%M%S)
+
+test: $(STAMP)
+	$(PYTEST) -q
+
+test-slow: $(STAMP)
+	$(PYTEST) -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+lint: $(STAMP)
+	$(BIN)/ruff check .

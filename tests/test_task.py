@@ -1,0 +1,167 @@
+"""ClassificationTask: backbone creation, loss interface, parameter groups, schedulers, metrics, EMA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch import nn
+
+from datamodules.digits import DigitsDataModule
+from lightning_modules import ClassificationTask
+from lightning_modules.losses.base import TaskLoss
+from lightning_modules.metrics import build_metrics
+from lightning_modules.schedulers import WarmupCosineLR, WarmupMultiStepLR
+from lightning_modules.task import UnknownModelError, create_backbone
+
+
+def sgd(lr: float = 0.1):
+    return lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
+def tiny_task(**kwargs) -> ClassificationTask:
+    kwargs.setdefault("optimizer", sgd())
+    return ClassificationTask(backbone="resnet10t", num_classes=10, **kwargs)
+
+
+def test_unknown_backbone_lists_close_matches():
+    with pytest.raises(UnknownModelError, match="resnet18") as err:
+        create_backbone("resnet81", num_classes=3)
+    assert "timm.list_models" in str(err.value)
+
+
+def test_param_groups_get_their_own_learning_rate():
+    task = tiny_task(param_groups=[{"pattern": r"^backbone\.fc\.", "lr_mult": 10.0, "weight_decay": 0.0}])
+    opt = task.configure_optimizers()
+    by_lr = {round(g["lr"], 6): g for g in opt.param_groups}
+    assert set(by_lr) == {0.1, 1.0}
+    fc_params = {id(p) for p in task.backbone.fc.parameters()}
+    assert {id(p) for p in by_lr[1.0]["params"]} == fc_params
+    assert by_lr[1.0]["weight_decay"] == 0.0
+    n_total = sum(len(g["params"]) for g in opt.param_groups)
+    assert n_total == len(list(task.parameters()))
+
+
+def test_param_group_pattern_that_matches_nothing_is_an_error():
+    task = tiny_task(param_groups=[{"pattern": "no_such_layer", "lr_mult": 10.0}])
+    with pytest.raises(ValueError, match="matches no trainable parameter"):
+        task.configure_optimizers()
+
+
+def test_no_weight_decay_for_1d_parameters():
+    task = tiny_task(no_weight_decay_1d=True, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=1e-4))
+    opt = task.configure_optimizers()
+    for group in opt.param_groups:
+        dims = {p.ndim for p in group["params"]}
+        assert (dims <= {1}) == (group["weight_decay"] == 0.0)
+
+
+def test_warmup_cosine_schedule_values():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1e-3)
+    sched = WarmupCosineLR(opt, warmup_epochs=30, max_epochs=400, warmup_start_factor=0.1)
+    lrs = []
+    for _ in range(401):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-4)  # the MSF-CA recipe: warm-up from 1e-4 ...
+    assert lrs[15] == pytest.approx(1e-4 + 0.5 * 9e-4)
+    assert lrs[30] == pytest.approx(1e-3)  # ... to 1e-3 at epoch 30, then cosine
+    assert lrs[215] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 185 / 370)))
+    assert lrs[400] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_warmup_multistep_schedule_values():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = WarmupMultiStepLR(opt, milestones=[200, 400], gamma=0.1)
+    lrs = []
+    for _ in range(600):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[199] == pytest.approx(0.1) and lrs[200] == pytest.approx(0.01) and lrs[599] == pytest.approx(0.001)
+
+
+def test_unknown_metric_name():
+    with pytest.raises(ValueError, match="available"):
+        build_metrics(["acc1", "top1"], 10, prefix="val/")
+
+
+def test_metric_values_on_fixed_input():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
+    target = torch.tensor([0, 2, 1, 1])
+    values = build_metrics(["acc1", "acc2", "kappa"], 3, prefix="x/")(logits, target)
+    assert values["x/acc1"] == pytest.approx(0.25)  # only sample 0 is right
+    assert values["x/acc2"] == pytest.approx(0.75)  # samples 0, 1 (2 is second) and 2 (1 is second)
+    # kappa: observed agreement 0.25; expected from marginals pred (2,1,1)/4 vs true (1,2,1)/4
+    pe = (2 * 1 + 1 * 2 + 1 * 1) / 16
+    assert values["x/kappa"] == pytest.approx((0.25 - pe) / (1 - pe), abs=1e-6)
+
+
+class RecordingLoss(TaskLoss):
+    """Needs the feature map and the embeddings; predicts with its own head to test ``predict``."""
+
+    requires = frozenset({"logits", "features", "embeddings"})
+
+    def bind(self, num_features: int, num_classes: int) -> None:
+        self.head = nn.Linear(num_features, num_classes)
+        self.seen: dict[str, tuple[int, ...]] = {}
+
+    def forward(self, outputs, target):
+        self.seen = {k: tuple(v.shape) for k, v in outputs.items()}
+        ce = nn.functional.cross_entropy(self.predict(outputs), target)
+        return {"loss": ce + 0.0 * outputs["features"].mean(), "ce": ce}
+
+    def predict(self, outputs):
+        return self.head(outputs["embeddings"])
+
+
+def test_task_loss_receives_features_and_embeddings_and_owns_the_prediction():
+    loss = RecordingLoss()
+    task = tiny_task(loss=loss)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    out = task.training_step((x, y), 0)
+    assert loss.seen["features"][:2] == (2, task.backbone.num_features)
+    assert loss.seen["embeddings"] == (2, task.backbone.num_features)
+    assert loss.seen["logits"] == (2, 10)
+    assert torch.allclose(task(x), loss.head(task.backbone.forward_head(task.backbone.forward_features(x), pre_logits=True)))
+    out.backward()
+    assert loss.head.weight.grad is not None  # the loss's own parameters are trained with the model
+
+
+def _fit(task, tmp_path, steps=3, **trainer_kwargs):
+    dm = DigitsDataModule(batch_size=16, image_size=16, num_workers=0)
+    trainer = Trainer(
+        max_steps=steps, limit_val_batches=2, limit_test_batches=2, accelerator="cpu", devices=1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, **trainer_kwargs,
+    )
+    trainer.fit(task, datamodule=dm)
+    return trainer, dm
+
+
+def test_fit_logs_namespaced_metrics(tmp_path):
+    task = tiny_task(metrics=["acc1", "acc5", "f1", "auroc", "ap"])
+    trainer, dm = _fit(task, tmp_path, val_check_interval=3)
+    logged = set(trainer.callback_metrics)
+    assert {"train/loss", "val/acc1", "val/acc1_best", "val/acc5", "val/f1", "val/auroc", "val/ap", "val/loss"} <= logged
+    trainer.test(task, datamodule=dm, verbose=False)
+    assert {"test/acc1", "test/f1", "test/loss"} <= set(trainer.callback_metrics)
+
+
+def test_ema_option_adds_lightning_ema_callback(tmp_path):
+    task = tiny_task(ema_decay=0.5)
+    trainer, _ = _fit(task, tmp_path)
+    assert any(isinstance(cb, EMAWeightAveraging) for cb in trainer.callbacks)
+
+
+def test_lr_is_scaled_from_the_reference_global_batch(tmp_path):
+    task = tiny_task(lr_reference_batch_size=64, optimizer=sgd(0.4))
+    trainer, _ = _fit(task, tmp_path, steps=1, accumulate_grad_batches=2)
+    # global batch 16 x 1 device x 2 accumulation = 32 -> half of the reference 64
+    assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.2)
