@@ -1,0 +1,222 @@
+"""The FFT block: Inner / Middle / Outer transformer streams fused layer by layer.
+
+Paper: Zhu et al., "Image Recognition based on Multi-scale Feature Fusion Transformer", Sec. III.C,
+Eq. 3-18 and Fig. 3. Each stream is a pre-norm transformer layer (Eq. 5-6, 10-11, 16-17); before the
+Middle (Outer) layer runs, the Inner (Middle) embeddings are unfolded, flattened and linearly projected
+and added to the Middle (Outer) embeddings (Eq. 9, 15), the TNT pattern (``Y^i += Vec(X^i) W + b``).
+
+Choices the paper leaves open, and what we do:
+
+* **What Eq. 9/15 unfold** ("Vec flattens the embedded sequence locally", "unfold [25]" = PyTorch's
+  ``nn.Unfold``, which "extracts sliding local blocks"): the finer stream's tokens are laid back on their
+  2-D grid, ``nn.Unfold`` with a ``K x K`` kernel extracts, for every token of the coarser stream, the
+  ``K x K`` block of finer tokens around it, ``Vec`` flattens the block to ``K*K*c`` numbers and a
+  ``Linear(K*K*c, c')`` projects it. ``Vec(unfold(X)) W + b`` is exactly a ``Conv2d(c, c', K)`` on the
+  token grid, which is how :class:`StreamFusion` computes it (no ``K*K``-fold copy of the tokens; a test
+  checks the equality against ``F.unfold`` + ``Linear``). The stride is the ratio of the two grids and the
+  zero padding keeps one output per coarser token. ``K`` is not given; ``K = 8`` (64 flattened tokens) is
+  the only kernel that brings all three variants of Table II within 10% of their parameter counts
+  (``K = 7`` gives 224 M for Base, ``K = 9`` 325 M, against 266 M); see :mod:`backbones.fft`.
+* **Which layer's Inner tokens** Eq. 9 fuses: it writes ``X_{l-1}`` (the Inner input of layer l). Read
+  literally, the Inner and Middle layers of the last block would feed nothing and never train. We follow
+  TNT, which Eq. 9 copies: the finer stream's *output* of the same block is fused.
+* **Normalisation of the fused tokens**: TNT's equation also shows only ``Vec(X) W + b`` while its code
+  applies a LayerNorm before the projection; we do the same (``fusion_norm=True``), switchable.
+* **Attention width**: Table II lists "Patch dim, Mlp dim, Heads" (the vocabulary of lucid-rains'
+  vit-pytorch, where each head has ``dim_head = 64`` whatever the width). Heads change the parameter count
+  in Table II (Large differs from Base only by 18 vs 16 heads and depth), so heads are ``head_dim = 64``
+  wide: the q, k, v width is ``heads * 64`` (1024 for Base), no qkv bias, output projection with bias.
+* Attention is ``F.scaled_dot_product_attention``; the class token is only in the Outer stream and
+  receives no fused tokens (as in TNT).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import Tensor, nn
+
+__all__ = ["MultiHeadSelfAttention", "TransformerLayer", "StreamFusion", "FFTBlock"]
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """MSA with a fixed per-head width (``inner = num_heads * head_dim`` may differ from ``dim``).
+
+    Args:
+        dim: token width.
+        num_heads: number of heads.
+        head_dim: width of each head.
+        qkv_bias: bias on the q, k, v projection.
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the output projection.
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int = 64, qkv_bias: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Return ``(output (B, N, dim), attention (B, heads, N, N) or None)``.
+
+        With ``return_attn`` the softmax weights are computed explicitly (same result as the fused
+        kernel, used for the Fig. 7 attention maps); otherwise ``F.scaled_dot_product_attention`` runs.
+        """
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        drop = self.attn_drop if self.training else 0.0
+        attn = None
+        if return_attn:
+            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+            attn = attn.softmax(dim=-1)
+            out = F.dropout(attn, drop, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
+        return self.proj_drop(self.proj(out)), attn
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer (Eq. 5-6): ``x + MSA(LN(x))`` then ``x + MLP(LN(x))``.
+
+    Args:
+        dim: token width ("patch dim").
+        num_heads: attention heads.
+        head_dim: width of each head.
+        mlp_dim: hidden width of the MLP ("mlp dim"), GELU.
+        attn_drop: attention-weight dropout.
+        proj_drop: dropout after the attention projection and inside/after the MLP.
+        drop_path: stochastic depth rate (0 in the paper, which does not mention it).
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_dim: int, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadSelfAttention(dim, num_heads, head_dim, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, hidden_features=mlp_dim, act_layer=nn.GELU, drop=proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+        y, attn = self.attn(self.norm1(x), return_attn=return_attn)
+        x = x + self.drop_path(y)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, attn
+
+
+def _fusion_geometry(src: int, dst: int, kernel: int) -> tuple[int, int, int]:
+    """Stride and (left, right) zero padding so that unfolding ``src`` positions gives ``dst`` blocks."""
+    stride = max(1, src // dst)
+    total = max(0, (dst - 1) * stride + kernel - src)
+    return stride, total // 2, total - total // 2
+
+
+class StreamFusion(nn.Module):
+    """Eq. 9 / 15: ``Y^i += Vec(unfold_K(X))^i W + b`` for every token i of the coarser stream.
+
+    The finer stream's tokens ``(B, h*w, c)`` are put back on their ``h x w`` grid; around each of the
+    ``h' x w'`` positions of the coarser grid a ``K x K`` block of finer tokens (zero padded at the border)
+    is flattened and projected to ``c'``. Implemented as a ``Conv2d(c, c', K)`` with stride ``h // h'``,
+    which is the same linear map as ``nn.Unfold(K)`` followed by ``nn.Linear(K*K*c, c')``.
+
+    Args:
+        src_dim: width c of the finer stream.
+        dst_dim: width c' of the coarser stream.
+        kernel_size: K, the side of the unfolded block (see the module docstring for the choice of 8).
+        norm: LayerNorm on the finer tokens before the projection (TNT's code does this).
+    """
+
+    def __init__(self, src_dim: int, dst_dim: int, kernel_size: int = 8, norm: bool = True) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.norm = nn.LayerNorm(src_dim) if norm else nn.Identity()
+        self.proj = nn.Conv2d(src_dim, dst_dim, kernel_size)
+        # ViT's trunc-normal(0.02) scaled by 1/K so a block of K*K tokens adds as much as one token would
+        trunc_normal_(self.proj.weight, std=0.02 / kernel_size)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, src: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
+        """Project ``src`` tokens ``(B, h*w, c)`` on grid ``src_grid`` to ``(B, h'*w', c')`` on ``dst_grid``."""
+        b, n, c = src.shape
+        (h, w), (h2, w2) = src_grid, dst_grid
+        x = self.norm(src).transpose(1, 2).reshape(b, c, h, w)
+        sh, top, bottom = _fusion_geometry(h, h2, self.kernel_size)
+        sw, left, right = _fusion_geometry(w, w2, self.kernel_size)
+        x = F.pad(x, (left, right, top, bottom))
+        x = F.conv2d(x, self.proj.weight, self.proj.bias, stride=(sh, sw))[:, :, :h2, :w2]
+        return x.flatten(2).transpose(1, 2)
+
+    def forward_unfold(self, src: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
+        """The literal Eq. 9: ``nn.Unfold`` + ``Vec`` + ``Linear``; slow reference for the tests."""
+        b, n, c = src.shape
+        (h, w), (h2, w2) = src_grid, dst_grid
+        x = self.norm(src).transpose(1, 2).reshape(b, c, h, w)
+        sh, top, bottom = _fusion_geometry(h, h2, self.kernel_size)
+        sw, left, right = _fusion_geometry(w, w2, self.kernel_size)
+        x = F.pad(x, (left, right, top, bottom))
+        oh = (x.shape[2] - self.kernel_size) // sh + 1
+        ow = (x.shape[3] - self.kernel_size) // sw + 1
+        blocks = F.unfold(x, self.kernel_size, stride=(sh, sw))  # (B, c*K*K, oh*ow): Vec of each block
+        blocks = blocks.view(b, -1, oh, ow)[:, :, :h2, :w2].flatten(2).transpose(1, 2)
+        return blocks @ self.proj.weight.flatten(1).t() + self.proj.bias
+
+
+class FFTBlock(nn.Module):
+    """One FFT block (Eq. 18): ``X_l, Y_l, Z_l = FFT(X_{l-1}, Y_{l-1}, Z_{l-1})`` for 1 to 3 streams.
+
+    Streams are ordered fine to coarse (Inner, Middle, Outer); the last one carries the class token at
+    index 0. Each stream but the first first receives the fused output of the previous stream (Eq. 9/15),
+    then runs its transformer layer.
+
+    Args:
+        dims: width of each stream.
+        num_heads: attention heads (all streams).
+        head_dim: width of each head.
+        mlp_dim: MLP hidden width (all streams).
+        fusion_kernel: K of the unfold in Eq. 9/15.
+        fusion_norm: LayerNorm before the fusion projection.
+        attn_drop: attention-weight dropout.
+        proj_drop: projection/MLP dropout.
+        drop_path: stochastic depth rate of this block.
+    """
+
+    def __init__(self, dims: list[int], num_heads: int, head_dim: int, mlp_dim: int, fusion_kernel: int = 8,
+                 fusion_norm: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerLayer(d, num_heads, head_dim, mlp_dim, attn_drop, proj_drop, drop_path) for d in dims
+        )
+        self.fusions = nn.ModuleList(
+            StreamFusion(dims[i - 1], dims[i], fusion_kernel, fusion_norm) for i in range(1, len(dims))
+        )
+
+    def forward(self, tokens: list[Tensor], grids: list[tuple[int, int]],
+                return_attn: bool = False) -> tuple[list[Tensor], Tensor | None]:
+        """Run every stream; returns the new token lists and, if asked, the last stream's attention."""
+        last = len(tokens) - 1
+        out: list[Tensor] = []
+        attn = None
+        for i, (layer, x) in enumerate(zip(self.layers, tokens)):
+            if i > 0:
+                fused = self.fusions[i - 1](out[i - 1], grids[i - 1], grids[i])
+                x = torch.cat([x[:, :1], x[:, 1:] + fused], dim=1) if i == last else x + fused
+            x, a = layer(x, return_attn=return_attn and i == last)
+            out.append(x)
+            attn = a if i == last else attn
+        return out, attn
+
+
+def grid_of(size: tuple[int, int], patch: int) -> tuple[int, int]:
+    """Token grid of a ``size`` map cut into ``patch x patch`` patches (the border is zero padded)."""
+    return math.ceil(size[0] / patch), math.ceil(size[1] / patch)
