@@ -397,6 +397,19 @@ class ClassificationDataModule(L.LightningDataModule):
         """A :class:`DatasetLayoutError` for this dataset (name, expected layout, homepage filled in)."""
         return DatasetLayoutError(self.dataset_name, missing, self.expected_layout, self.homepage, detail)
 
+    def locate(self, subdir: str, marker: str) -> str:
+        """The dataset folder: ``root`` if it holds ``marker``, else ``root/subdir`` if that does, else ``root``.
+
+        Lets ``root`` name either the dataset folder itself (``data/CUB_200_2011``) or its parent
+        (``data``, the torchvision convention).
+        """
+        if os.path.exists(os.path.join(self.root, marker)):
+            return self.root
+        nested = os.path.join(self.root, subdir)
+        if os.path.exists(os.path.join(nested, marker)):
+            return nested
+        return self.root
+
     def require(self, *relative: str) -> None:
         """Raise a layout error naming the first of ``root/relative`` paths that does not exist."""
         if not os.path.isdir(self.root):
