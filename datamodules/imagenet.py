@@ -17,7 +17,7 @@ pretrained ImageNet heads even when only a subset of the folders is present.
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,24 @@ from torch.utils.data import Dataset
 from datamodules.base import ClassificationDataModule, ImageListDataset, find_class_folders, list_images
 
 
+def _timm_info_file(name: str) -> Path:
+    """Path of a file in timm's ``data/_info`` package data, found without importing timm (slow)."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("timm is required for the ImageNet class list")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "_info" / name
+
+
 def imagenet_synsets() -> list[str]:
     """The 1,000 ILSVRC-2012 wnids in the standard (sorted) class-index order, from timm's package data."""
-    text = resources.files("timm.data._info").joinpath("imagenet_synsets.txt").read_text()
+    text = _timm_info_file("imagenet_synsets.txt").read_text()
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def imagenet_lemmas() -> dict[str, str]:
     """``{wnid: "tench, Tinca tinca"}`` names from timm's package data (empty if unavailable)."""
     try:
-        text = resources.files("timm.data._info").joinpath("imagenet_synset_to_lemma.txt").read_text()
+        text = _timm_info_file("imagenet_synset_to_lemma.txt").read_text()
     except (FileNotFoundError, ModuleNotFoundError):
         return {}
     return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
