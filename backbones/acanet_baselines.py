@@ -1,0 +1,112 @@
+"""Baselines of the ACANet paper's Tables 2-3 that timm does not provide as-is.
+
+Paper: Z. Tan, Z.-H. Xu, "ACANet: A Fine-grained Image Classification Optimization Method Based on
+Convolution and Attention Fusion", Table 2 (ResNet-18 / VGG-16 with eight losses) and Table 3 (GoogLeNet,
+MobileNetV3, DenseNet, ConvNeXt with CE). ResNet-18, VGG-16, MobileNetV3, DenseNet and ConvNeXt come
+straight from timm (``resnet18``, ``vgg16``, ``mobilenetv3_large_100``, ``densenet121``,
+``convnext_tiny``; the paper does not name the sizes - these are ours). Registered here:
+
+* ``googlenet``: torchvision's GoogLeNet (Szegedy et al. 2015, the paper's ref. [34]) with the timm model
+  contract; timm has no GoogLeNet (its ``inception_v3`` is a different network). No auxiliary classifiers
+  (the paper does not mention them), dropout 0.2 before the classifier (torchvision's default), torchvision's
+  truncated-normal init.
+* ``vgg16_mc``: timm's ``vgg16`` whose last conv has ``mc_channels_per_class * num_classes`` filters (600 for
+  CUB), for the MC-Loss rows. As in the Mutual-Channel Loss reference code, MC-Loss reads the map *before*
+  the last max-pool (600 x 14 x 14 at 224 px): ``forward_features`` stops there and ``forward_head`` applies
+  that max-pool, then VGG's 4096-4096 MLP and the classifier.
+(ResNet-18 with MC-Loss is ``resnet18_mc`` in :mod:`backbones.acanet`.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchvision
+from timm.models import register_model
+from timm.models.vgg import VGG, cfgs
+from torch import Tensor, nn
+
+
+def _drop_timm_kwargs(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    if pretrained:
+        raise ValueError(
+            f"{variant} has no downloadable weights here; pass a local state dict as the task's `pretrained`."
+        )
+    return kwargs
+
+
+class GoogLeNet(torchvision.models.GoogLeNet):
+    """torchvision GoogLeNet (no aux heads) with ``forward_features`` / ``forward_head`` / ``reset_classifier``.
+
+    Args:
+        num_classes: classifier outputs (0: identity classifier).
+        in_chans: must be 3 (torchvision's stem).
+        drop_rate: dropout before the classifier (torchvision: 0.2).
+    """
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2) -> None:
+        if in_chans != 3:
+            raise ValueError("googlenet supports in_chans=3 only")
+        super().__init__(
+            num_classes=max(num_classes, 1), aux_logits=False, transform_input=False, init_weights=True,
+            dropout=drop_rate,
+        )  # fmt: skip
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = 1024
+        if num_classes == 0:
+            self.fc = nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.maxpool2(self.conv3(self.conv2(self.maxpool1(self.conv1(x)))))
+        x = self.maxpool3(self.inception3b(self.inception3a(x)))
+        x = self.inception4c(self.inception4b(self.inception4a(x)))
+        x = self.maxpool4(self.inception4e(self.inception4d(x)))
+        return self.inception5b(self.inception5a(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.dropout(torch.flatten(self.avgpool(x), 1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        return self.forward_head(self.forward_features(x))
+
+
+class VGGMC(VGG):
+    """timm VGG whose ``forward_features`` stops before the last max-pool (the map MC-Loss reads)."""
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features[:-1](x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return super().forward_head(self.features[-1](x), pre_logits=pre_logits)
+
+
+@register_model
+def googlenet(pretrained: bool = False, **kwargs: Any) -> GoogLeNet:
+    """GoogLeNet (torchvision architecture, no auxiliary classifiers) for Table 3."""
+    kwargs = _drop_timm_kwargs("googlenet", pretrained, kwargs)
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    model = GoogLeNet(**kwargs)
+    return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
+
+
+@register_model
+def vgg16_mc(pretrained: bool = False, mc_channels_per_class: int = 3, **kwargs: Any) -> VGGMC:
+    """VGG-16 with a ``mc_channels_per_class * num_classes``-wide last conv for MC-Loss (Table 2)."""
+    kwargs = _drop_timm_kwargs("vgg16_mc", pretrained, kwargs)
+    num_classes = kwargs.get("num_classes", 1000)
+    if mc_channels_per_class < 1 or num_classes < 1:
+        raise ValueError("vgg16_mc needs mc_channels_per_class >= 1 and num_classes >= 1")
+    cfg = list(cfgs["vgg16"])
+    cfg[-2] = mc_channels_per_class * num_classes  # last conv before the final 'M'
+    return VGGMC(cfg, **kwargs)
