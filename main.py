@@ -123,6 +123,11 @@ def wandb_run_id(run_dir: Path, resuming: bool) -> str:
 
 
 def configure_checkpoints(cfg, run_dir: Path) -> None:
+    """Checkpoints in ``run_dir/checkpoints`` (so ``--ckpt_path last`` finds them); no LR monitor without a logger."""
+    if cfg.trainer.get("logger") in (False, None) and cfg.trainer.get("callbacks"):
+        cfg.trainer.callbacks = [
+            cb for cb in cfg.trainer.callbacks if not str(cb.get("class_path", "")).endswith("LearningRateMonitor")
+        ]
     for cb in cfg.trainer.get("callbacks") or []:
         if str(cb.get("class_path", "")).endswith("ModelCheckpoint") and cb.init_args.get("dirpath") is None:
             cb.init_args.dirpath = str(run_dir / "checkpoints")
@@ -150,9 +155,15 @@ def _cuda_requested(cfg) -> bool:
     return torch.cuda.is_available()
 
 
-def is_user_error(err: BaseException) -> bool:
-    """Errors raised for bad input that the message alone explains."""
-    return bool(getattr(err, "user_error", False))
+def find_user_error(err: BaseException) -> BaseException | None:
+    """The error raised for bad input (``user_error = True``), even when wrapped by jsonargparse/Lightning."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if getattr(err, "user_error", False):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> PaperCLI:
@@ -174,9 +185,10 @@ def main() -> None:
     try:
         cli_main()
     except Exception as err:  # noqa: BLE001
-        if not is_user_error(err) or os.environ.get("PAPERBENCH_TRACEBACK"):
+        user_err = find_user_error(err)
+        if user_err is None or os.environ.get("PAPERBENCH_TRACEBACK"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_err}", file=sys.stderr)
         print("(set PAPERBENCH_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         sys.exit(2)
 

@@ -42,6 +42,12 @@ METRICS: dict[str, Callable[[int], Metric]] = {
     "auroc": lambda n: MulticlassAUROC(n, average="macro", thresholds=None),
     "ap": lambda n: MulticlassAveragePrecision(n, average="macro", thresholds=None),
 }
+class UnknownMetricError(ValueError):
+    """A metric name in the YAML that this project does not define."""
+
+    user_error = True
+
+
 _TOP_K = {"acc1": 1, "acc2": 2, "acc3": 3, "acc5": 5}
 
 
@@ -55,7 +61,7 @@ def build_metrics(names: Sequence[str], num_classes: int, prefix: str) -> Metric
     """
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown} in model.init_args.metrics; available: {sorted(METRICS)}")
+        raise UnknownMetricError(f"unknown metric(s) {unknown} in model.init_args.metrics; available: {sorted(METRICS)}")
     chosen = {}
     for name in names:
         if name in _TOP_K and _TOP_K[name] >= num_classes and name != "acc1":
