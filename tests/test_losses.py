@@ -385,11 +385,14 @@ def test_mcloss_mask_keeps_exactly_mask_keep() -> None:
 
 def test_mcloss_wrong_channel_count_is_a_clear_error() -> None:
     loss = MCLoss(channels_per_class=3)
-    with pytest.raises(ValueError, match=r"3 x 200 = 600 channels.*Mutual-Channel option"):
-        loss.bind(512, 200)
-    loss.bind(600, 200)
+    loss.bind(4096, 200)  # the embedding width (VGG's pre-logits) need not be the feature-map width
     outputs = {"features": torch.rand(2, 512, 4, 4), "logits": torch.randn(2, 200)}
-    with pytest.raises(ValueError, match=r"3 x 200 = 600 channels, but the feature map has 512"):
+    with pytest.raises(
+        ValueError, match=r"3 x 200 = 600 channels, but the feature map has 512.*mc_channels_per_class: 3"
+    ):
+        loss(outputs, torch.tensor([0, 1]))
+    loss.eval()  # also in eval mode (Lightning's sanity check runs validation first)
+    with pytest.raises(ValueError, match=r"resnet18_mc"):
         loss(outputs, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="feature map"):
         loss({"features": torch.rand(2, 16, 600), "logits": torch.randn(2, 200)}, torch.tensor([0, 1]))
@@ -486,9 +489,10 @@ def test_finite_gradients_at_degenerate_angles(name: str) -> None:
     loss = make_loss(name).train()
     w = dict(loss.named_parameters())
     row = next(iter(w.values()))[1].detach()
-    # embedding exactly on its class direction (cos = 1), exactly opposite (cos = -1), and zero
-    emb = torch.stack([3 * row, -2 * row, torch.zeros_like(row)]).requires_grad_(True)
-    value = compute_loss(loss, {"embeddings": emb}, torch.tensor([1, 1, 0]))["loss"]
+    # embedding on its class direction (cos = 1; the L-GM mean itself: distance 0), exactly opposite
+    # (cos = -1), and zero
+    emb = torch.stack([3 * row, row, -2 * row, torch.zeros_like(row)]).requires_grad_(True)
+    value = compute_loss(loss, {"embeddings": emb}, torch.tensor([1, 1, 1, 0]))["loss"]
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(emb.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in loss.parameters())

@@ -69,10 +69,10 @@ class LGMLoss(TaskLoss):
         means = require_bound(self, self.means)
         check_width(self, x, means)
         with autocast_off(x.device):
-            x = x.float()
-            mu = means.float()
-            sq = x.pow(2).sum(1, keepdim=True) - 2.0 * (x @ mu.t()) + mu.pow(2).sum(1)[None, :]
-            return 0.5 * sq.clamp_min(0.0)
+            # Direct differences, not ||x||^2 - 2 x.mu + ||mu||^2: that expansion loses ~eps * ||x||^2 to
+            # cancellation, which matters for the large-norm embeddings of an untrained network.
+            dist = torch.cdist(x.float(), means.float(), compute_mode="donot_use_mm_for_euclid_dist")
+            return 0.5 * dist.pow(2)
 
     def forward(self, outputs: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
         """Return ``{"loss", "cls", "lkd"}``."""

@@ -80,17 +80,20 @@ class MCLoss(TaskLoss):
         return ValueError(
             f"MCLoss needs the backbone's last feature map to have channels_per_class x num_classes = "
             f"{self.channels_per_class} x {num_classes} = {need} channels, but {where} has {channels}. "
-            f"Set the backbone's Mutual-Channel option so that its last stage outputs {need} channels "
-            f"(e.g. 600 for 200 classes with channels_per_class=3; see docs/losses.md), or change "
+            f"Use a backbone with the Mutual-Channel last stage: `backbone: resnet18_mc` / `vgg16_mc`, or "
+            f"`backbone_kwargs: {{mc_channels_per_class: {self.channels_per_class}}}` for acanet18 (600 "
+            f"channels for 200 classes with channels_per_class=3; see docs/losses.md), or change "
             f"MCLoss(channels_per_class=...)."
         )
 
     def bind(self, num_features: int, num_classes: int) -> None:
-        """Record ``num_classes`` and check the backbone width ``num_features`` = xi * num_classes."""
+        """Record ``num_classes``; the channel count is checked on the feature map itself in forward().
+
+        ``num_features`` is not checked here: it is the pooled embedding width, which need not be the width
+        of the feature map MC-Loss reads (VGG's pre-logits MLP, for example). A wrong width fails at the
+        first forward, i.e. in Lightning's sanity check, with the message of :meth:`_channel_error`.
+        """
         self.num_classes = int(num_classes)
-        # num_features <= 0 means "unknown" (a backbone without the attribute): forward() still checks.
-        if num_features > 0 and num_features != self.channels_per_class * num_classes:
-            raise self._channel_error(num_features, num_classes, "the backbone (num_features)")
 
     def make_mask(self, num_classes: int, device: torch.device | None = None) -> Tensor:
         """Random channel mask (num_classes, xi) with exactly ``mask_keep`` ones per row."""
