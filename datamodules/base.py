@@ -208,12 +208,15 @@ def stratified_split(
         raise ValueError(f"{dataset}: split_ratios must be 2 or 3 positive fractions summing to 1, got {list(ratios)}")
     indices = np.arange(len(labels))
     labels_arr = np.asarray(labels)
+    # Absolute sizes (rounded once, on the whole set) so that e.g. 0.7/0.15/0.15 of 200 is exactly 140/30/30
+    # (fractions of the remainder would be rounded up by sklearn after floating-point error).
+    n_last = max(1, round(ratios[-1] * len(labels)))
     try:
-        rest, last = train_test_split(indices, test_size=ratios[-1], stratify=labels_arr, random_state=seed)
+        rest, last = train_test_split(indices, test_size=n_last, stratify=labels_arr, random_state=seed)
         parts = [rest, last]
         if len(ratios) == 3:
-            val_fraction = ratios[1] / (ratios[0] + ratios[1])
-            train, val = train_test_split(rest, test_size=val_fraction, stratify=labels_arr[rest], random_state=seed)
+            n_val = max(1, round(ratios[1] * len(labels)))
+            train, val = train_test_split(rest, test_size=n_val, stratify=labels_arr[rest], random_state=seed)
             parts = [train, val, last]
     except ValueError as err:
         counts = np.bincount(labels_arr)
@@ -406,7 +409,9 @@ class ClassificationDataModule(L.LightningDataModule):
         if os.path.exists(os.path.join(self.root, marker)):
             return self.root
         nested = os.path.join(self.root, subdir)
-        if os.path.exists(os.path.join(nested, marker)):
+        # A nested folder with the dataset's name is the dataset folder even when the marker is missing,
+        # so a layout error then names the right missing path.
+        if os.path.exists(os.path.join(nested, marker)) or os.path.isdir(nested):
             return nested
         return self.root
 

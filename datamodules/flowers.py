@@ -102,10 +102,13 @@ class Flowers5DataModule(ImageFolderDataModule):
         nested = Path(os.path.expanduser(root)) / "flower_photos"
         if nested.is_dir():
             root = str(nested)
-        # num_classes is fixed; the folders are checked at setup (not in __init__), so a missing root is
-        # reported by setup() and LightningCLI can build the model first.
         super().__init__(root=root, num_classes=5, split="ratio", split_ratios=split_ratios, split_seed=split_seed, **kwargs)
         self.class_names = list(FLOWERS5_CLASSES)
+
+    def _discover_num_classes(self, num_classes: int | None) -> int:
+        # The five classes are fixed; the folders are checked at setup, where a wrong layout is a
+        # DatasetLayoutError like every other dataset's.
+        return 5
 
     @property
     def expected_layout(self) -> str:  # type: ignore[override]

@@ -9,10 +9,11 @@ Two layouts (``split``):
   (without ``test/`` the val split doubles as the test split). Class indices come from ``train/``.
 
 ``root`` may also be a ``.zip`` archive (e.g. ``../shared/data/cifar10-mini.zip``): it is extracted once into
-``cache_dir`` (extract into a temporary folder, then rename, so concurrent processes never see half an
-archive) and re-extracted only when the archive's size or modification time changes. Inside the extracted
-archive, single wrapping folders are descended automatically (``cifar10/train/<class>/`` is found for
-``split: ratio``; for ``split: folders`` descent stops at the folder that holds ``train/``).
+``cache_dir`` (default ``$PAPERBENCH_CACHE/<zip name>/``, else ``~/.cache/paperbench/<zip name>/``),
+extracting into a temporary folder and then renaming it, so concurrent processes never see half an archive;
+it is re-extracted only when the archive's size or modification time changes. Inside the extracted archive,
+single wrapping folders are descended automatically (``cifar10/train/<class>/`` is found for ``split: ratio``;
+for ``split: folders`` descent stops at the folder that holds ``train/``).
 
 Class names are the sorted folder names; ``num_classes`` is discovered in ``__init__`` when the data is on
 disk (an explicit value must match).
@@ -82,6 +83,11 @@ def extract_zip(archive: Path, cache_dir: Path) -> Path:
     return cache_dir
 
 
+def default_cache_root() -> Path:
+    """``$PAPERBENCH_CACHE`` if set, else ``~/.cache/paperbench``."""
+    return Path(os.path.expanduser(os.environ.get("PAPERBENCH_CACHE", "~/.cache/paperbench")))
+
+
 def descend_wrappers(path: Path, split: str) -> Path:
     """Follow folders that only wrap a single sub-folder (as zip archives usually do)."""
     while True:
@@ -105,7 +111,8 @@ class ImageFolderDataModule(ClassificationDataModule):
         split: ``ratio`` or ``folders`` (see the module docstring).
         split_ratios: ``[train, test]`` (val doubles as test) or ``[train, val, test]`` fractions.
         split_seed: seed of the stratified split.
-        cache_dir: where a ``.zip`` root is extracted (default ``~/.cache/paperbench/<zip name>/``).
+        cache_dir: where a ``.zip`` root is extracted (default ``$PAPERBENCH_CACHE/<zip name>/``, and
+            ``~/.cache/paperbench/<zip name>/`` when that variable is unset).
         **kwargs: the remaining :class:`~datamodules.base.ClassificationDataModule` arguments.
     """
 
@@ -134,10 +141,12 @@ class ImageFolderDataModule(ClassificationDataModule):
             archive = Path(self.root)
             if not archive.is_file():
                 raise self.layout_error(archive, "zip archive not found")
-            cache = Path(os.path.expanduser(cache_dir)) if cache_dir else (
-                Path.home() / ".cache" / "paperbench" / archive.stem
-            )
+            cache = Path(os.path.expanduser(cache_dir)) if cache_dir else default_cache_root() / archive.stem
             self.root = str(descend_wrappers(extract_zip(archive, cache), split))
+        self.num_classes = self._discover_num_classes(num_classes)
+
+    def _discover_num_classes(self, num_classes: int | None) -> int:
+        """Count the class folders now (LightningCLI needs ``num_classes`` right after ``__init__``)."""
         if os.path.isdir(self.root):
             self.class_names = find_class_folders(self._class_dir, self.dataset_name, self.expected_layout)
             if num_classes is not None and num_classes != len(self.class_names):
@@ -146,11 +155,10 @@ class ImageFolderDataModule(ClassificationDataModule):
                     f"{len(self.class_names)} class folders ({', '.join(self.class_names[:5])}"
                     f"{', ...' if len(self.class_names) > 5 else ''}); fix num_classes or the folder"
                 )
-            self.num_classes = len(self.class_names)
-        elif num_classes is None:
+            return len(self.class_names)
+        if num_classes is None:
             raise self.layout_error(self.root, "dataset root not found (and num_classes not given)")
-        else:
-            self.num_classes = num_classes
+        return num_classes
 
     @property
     def expected_layout(self) -> str:  # type: ignore[override]
