@@ -200,15 +200,22 @@ def _cs_param_count(cl: int, ch: int, channel: bool, spatial: bool, fusion: str,
     return n
 
 
-@pytest.mark.parametrize("name,trunk", [("csnet101", "resnet101"), ("csnet101_channel", "resnet101"),
-                                        ("csnet101_spatial", "resnet101"), ("csnet50", "resnet50")])
+@pytest.mark.parametrize("channel,spatial,fusion", [(True, True, "conv"), (True, False, "concat"),
+                                                     (False, True, "concat"), (False, False, "sum")])
+def test_cs_module_parameter_count(channel: bool, spatial: bool, fusion: str) -> None:
+    cs = CrossLayerSelfAttention(1024, 2048, channel_attn=channel, spatial_attn=spatial, fusion=fusion)
+    expected = _cs_param_count(1024, 2048, channel, spatial, fusion)
+    if fusion == "sum":  # W (C_l -> C_h) + BN
+        expected += 1024 * 2048 + 2 * 2048
+    assert sum(p.numel() for p in cs.parameters()) == expected
+
+
+@pytest.mark.parametrize("name,trunk", [("csnet101", "resnet101"), ("csnet50", "resnet50")])
 def test_parameter_count(name: str, trunk: str) -> None:
     """The abstract gives no parameter count: check trunk + hand-counted CS module + classifier."""
     model = timm.create_model(name, num_classes=200)
-    cfg = {"csnet101": (True, True, "conv"), "csnet101_channel": (True, False, "concat"),
-           "csnet101_spatial": (False, True, "concat"), "csnet50": (True, True, "conv")}[name]
     resnet = timm.create_model(trunk, num_classes=0)
-    expected = sum(p.numel() for p in resnet.parameters()) + _cs_param_count(1024, 2048, *cfg)
+    expected = sum(p.numel() for p in resnet.parameters()) + _cs_param_count(1024, 2048, True, True, "conv")
     expected += (model.num_features + 1) * 200
     assert sum(p.numel() for p in model.parameters()) == expected
     assert sum(p.numel() for p in resnet.parameters()) == {"resnet101": 42_500_160, "resnet50": 23_508_032}[trunk]
