@@ -95,11 +95,14 @@ def configure_loggers(cfg, run_dir: Path, name: str, resuming: bool) -> None:
             args.save_dir = str(run_dir)
         if class_path.endswith("WandbLogger"):
             args.name = args.get("name") or name
-            if not args.get("offline") and os.environ.get("WANDB_MODE") is None and not wandb_has_credentials():
+            mode = os.environ.get("WANDB_MODE")
+            if not args.get("offline") and mode is None and not wandb_has_credentials():
                 args.offline = True
+                print("W&B: no account configured (wandb login / WANDB_API_KEY): logging offline.", file=sys.stderr)
+            if args.get("offline") or mode in ("offline", "dryrun"):
                 print(
-                    f"W&B: no account configured, logging offline under {run_dir}/wandb. "
-                    f"Upload later with: wandb sync {run_dir}/wandb/offline-run-*",
+                    f"W&B: offline run under {run_dir}/wandb; upload it later with: "
+                    f"wandb sync {run_dir}/wandb/offline-run-*",
                     file=sys.stderr,
                 )
             if args.get("id") is None:
