@@ -62,8 +62,9 @@ def check_width(loss: nn.Module, x: Tensor, weight: Tensor) -> None:
     if x.ndim != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(
             f"{type(loss).__name__} was bound to num_features={weight.shape[1]} but got embeddings of shape "
-            f"{tuple(x.shape)}; 'embeddings' must be forward_head(features, pre_logits=True), shape (B, "
-            "num_features)."
+            f"{tuple(x.shape)}. bind() must receive the width of the 'embeddings' output "
+            "(forward_head(features, pre_logits=True)): for timm models with a pre-logits MLP, such as VGG's "
+            "4096-wide one, that is `head_hidden_size`, not `num_features`."
         )
 
 
