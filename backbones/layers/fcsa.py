@@ -18,8 +18,8 @@ Efficient implementation (this file) - the function is ACmix's, the memory is no
 
 * ACmix unfolds k, v and the positional map into ``window**2`` copies (49x the feature map, kept for
   backward). Here the logits are computed by looping over the ``window**2`` offsets on *views* of the
-  reflect-padded k and v (custom autograd functions that save only q, padded k/v and the attention
-  weights, and accumulate gradients into slices in place), so activation memory is
+  reflect-padded k and v (custom autograd functions that pad internally, save only q, padded k/v and the
+  attention weights, and accumulate gradients into slices in place), so activation memory is
   O(C*H*W + heads*window**2*H*W) instead of O(window**2*C*H*W).
 * Because ``pe`` is a 1x1 conv of coordinates, ``pe_i - pe_j = W_p (loc_i - loc_j)`` (the bias cancels):
   ``q_i . (pe_i - pe_j) = (W_p^T q_i) . (loc_i - loc_j)``, a 2-channel product per offset. The
@@ -55,12 +55,29 @@ def coordinate_grid(height: int, width: int, device: torch.device, dtype: torch.
     return torch.stack([loc_w, loc_h]).unsqueeze(0).to(dtype)
 
 
+def _reflect_pad(x: Tensor, pad: int) -> Tensor:
+    return F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
+
+
+def _unpad_reflect_grad(grad_pad: Tensor | None, x_pad: Tensor, pad: int) -> Tensor | None:
+    """Gradient w.r.t. the unpadded input from the gradient w.r.t. its reflect-padded version.
+
+    The padded tensor's centre view stands in for the input (only its shape is used), so the
+    un-padded input need not be saved for backward.
+    """
+    if grad_pad is None or not pad:
+        return grad_pad
+    centre = x_pad[:, :, pad:-pad, pad:-pad]
+    return torch.ops.aten.reflection_pad2d_backward(grad_pad, centre, [pad, pad, pad, pad])
+
+
 class _WindowDot(torch.autograd.Function):
-    """``out[:, o] = sum_c q[:, c] * k_pad[:, c, window o]`` for every window offset ``o``."""
+    """``out[:, o] = sum_c q[:, c] * k_pad[:, c, window o]`` for every offset ``o`` (k reflect-padded here)."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k_pad: Tensor, window: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, q: Tensor, k: Tensor, window: int) -> Tensor:  # type: ignore[override]
         bh, _, h, w = q.shape
+        k_pad = _reflect_pad(k, window // 2)
         out = q.new_empty(bh, window * window, h, w)
         for o in range(window * window):
             dy, dx = divmod(o, window)
@@ -85,15 +102,16 @@ class _WindowDot(torch.autograd.Function):
                 grad_q.addcmul_(g, k_pad[:, :, dy : dy + h, dx : dx + w])
             if grad_k is not None:
                 grad_k[:, :, dy : dy + h, dx : dx + w].addcmul_(g, q)
-        return grad_q, grad_k, None
+        return grad_q, _unpad_reflect_grad(grad_k, k_pad, window // 2), None
 
 
 class _WindowAggregate(torch.autograd.Function):
-    """``out = sum_o attn[:, o] * v_pad[:, :, window o]`` (the attention-weighted sum of values)."""
+    """``out = sum_o attn[:, o] * v_pad[:, :, window o]`` (attention-weighted values; v padded here)."""
 
     @staticmethod
-    def forward(ctx, attn: Tensor, v_pad: Tensor, window: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, attn: Tensor, v: Tensor, window: int) -> Tensor:  # type: ignore[override]
         bh, _, h, w = attn.shape
+        v_pad = _reflect_pad(v, window // 2)
         out = v_pad.new_zeros(bh, v_pad.shape[1], h, w)
         for o in range(window * window):
             dy, dx = divmod(o, window)
@@ -118,7 +136,7 @@ class _WindowAggregate(torch.autograd.Function):
                 torch.sum(grad * v_win, dim=1, out=grad_attn[:, o])
             if grad_v is not None:
                 grad_v[:, :, dy : dy + h, dx : dx + w].addcmul_(attn[:, o : o + 1], grad)
-        return grad_attn, grad_v, None
+        return grad_attn, _unpad_reflect_grad(grad_v, v_pad, window // 2), None
 
 
 def local_window_attention(q: Tensor, k: Tensor, v: Tensor, pos_weight: Tensor, window: int) -> Tensor:
@@ -136,9 +154,8 @@ def local_window_attention(q: Tensor, k: Tensor, v: Tensor, pos_weight: Tensor, 
     """
     _, _, h, w = q.shape
     pad = window // 2
-    k_pad = F.pad(k, (pad, pad, pad, pad), mode="reflect") if pad else k
-    v_pad = F.pad(v, (pad, pad, pad, pad), mode="reflect") if pad else v
-    logits = _WindowDot.apply(q, k_pad, window)
+    # Reflect padding happens inside the autograd functions, which keep only the padded copies.
+    logits = _WindowDot.apply(q, k, window)
 
     # q . (pe_i - pe_j) = (W_p^T q) . (loc_i - loc_j): the grid differences are constants per offset.
     grid = coordinate_grid(h, w, q.device, q.dtype)
@@ -147,10 +164,10 @@ def local_window_attention(q: Tensor, k: Tensor, v: Tensor, pos_weight: Tensor, 
         [grid[0] - grid_pad[0, :, dy : dy + h, dx : dx + w] for dy in range(window) for dx in range(window)],
         dim=1,
     )  # (2, window**2, H, W)
-    q_pos = torch.einsum("bdhw,dc->bchw", q, pos_weight.to(q.dtype))
+    q_pos = F.conv2d(q, pos_weight.t().to(q.dtype)[:, :, None, None])  # (B*heads, 2, H, W), saves only q
     logits = logits + q_pos[:, 0:1] * rel[0] + q_pos[:, 1:2] * rel[1]
     attn = logits.softmax(dim=1).to(v.dtype)
-    return _WindowAggregate.apply(attn, v_pad, window)
+    return _WindowAggregate.apply(attn, v, window)
 
 
 class FCSA(nn.Module):
