@@ -292,6 +292,9 @@ class ClassificationDataModule(L.LightningDataModule):
     expected_layout: ClassVar[str] = ""
     #: image_size / resize_size when ``resize_size`` is None.
     eval_crop_ratio: ClassVar[float] = 0.875
+    #: name of the ``torchvision.datasets`` class that downloads this dataset into ``root`` in our layout
+    #: (``None``: ``download: true`` is refused with a pointer to ``homepage``).
+    torchvision_download: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -323,6 +326,11 @@ class ClassificationDataModule(L.LightningDataModule):
             raise ValueError(f"train_crop must be random_resized|random|center|resize, got {train_crop!r}")
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be error|skip, got {on_bad_image!r}")
+        if download and self.torchvision_download is None:
+            raise ValueError(
+                f"{self.dataset_name}: download: true is not supported (torchvision cannot fetch this dataset); "
+                f"get it from {self.homepage} and set root"
+            )
         self.root = os.path.expanduser(str(root))
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -425,6 +433,23 @@ class ClassificationDataModule(L.LightningDataModule):
                 raise self.layout_error(path)
 
     # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """With ``download: true``, fetch the dataset with torchvision when its layout is not complete.
+
+        Lightning calls this on one process per node before :meth:`setup`.
+        """
+        if not self.download or self.torchvision_download is None:
+            return
+        try:
+            self._check_layout()
+            return
+        except DatasetLayoutError:
+            pass
+        from torchvision import datasets
+
+        os.makedirs(self.root, exist_ok=True)
+        getattr(datasets, self.torchvision_download)(self.root, download=True)
+
     def setup(self, stage: str | None = None) -> None:
         """Check the layout and build the datasets (once; later calls are no-ops)."""
         if self.train_set is not None:

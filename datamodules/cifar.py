@@ -74,14 +74,6 @@ class _CIFARDataModule(ClassificationDataModule):
     def data_dir(self) -> str:
         return self.locate(self.folder, self.meta_file)
 
-    def prepare_data(self) -> None:
-        """Download with torchvision when ``download`` is set and the files are missing."""
-        if self.download and not os.path.exists(os.path.join(self.data_dir, self.meta_file)):
-            from torchvision import datasets
-
-            cls = datasets.CIFAR10 if self.fixed_num_classes == 10 else datasets.CIFAR100
-            cls(self.root, train=True, download=True)
-
     def _check_layout(self) -> None:
         if not os.path.isdir(self.root):
             raise self.layout_error(self.root, "dataset root not found (set download: true to fetch it)")
@@ -120,6 +112,7 @@ class CIFAR10DataModule(_CIFARDataModule):
     meta_key = "label_names"
     label_key = "labels"
     fixed_num_classes = 10
+    torchvision_download = "CIFAR10"
 
     def __init__(self, root: str = "data", mean: tuple[float, float, float] = CIFAR10_MEAN,
                  std: tuple[float, float, float] = CIFAR10_STD, **kwargs: Any) -> None:
@@ -141,6 +134,7 @@ class CIFAR100DataModule(_CIFARDataModule):
     meta_key = "fine_label_names"
     label_key = "fine_labels"
     fixed_num_classes = 100
+    torchvision_download = "CIFAR100"
 
     def __init__(self, root: str = "data", mean: tuple[float, float, float] = CIFAR100_MEAN,
                  std: tuple[float, float, float] = CIFAR100_STD, **kwargs: Any) -> None:

@@ -11,7 +11,8 @@ Layout (``root`` is ``fgvc-aircraft-2013b/`` or its parent)::
 Split: the standard fine-grained protocol, trainval (6,667) for training and test (3,333); the test set also
 serves as validation. Class index = line number in ``variants.txt`` (as torchvision). The images keep their
 20-pixel copyright banner at the bottom (torchvision does the same); ``annotation_level`` selects
-variant (100), family (70) or manufacturer (30) labels.
+variant (100), family (70) or manufacturer (30) labels. ``download: true`` fetches the archive with torchvision
+into ``root/fgvc-aircraft-2013b/`` (never in tests).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class FGVCAircraftDataModule(ClassificationDataModule):
         "fgvc-aircraft-2013b/data/\n  variants.txt\n  images_variant_trainval.txt\n"
         "  images_variant_test.txt\n  images/<image id>.jpg"
     )
+    torchvision_download = "FGVCAircraft"
 
     def __init__(self, root: str = "data/fgvc-aircraft-2013b",
                  annotation_level: Literal["variant", "family", "manufacturer"] = "variant", **kwargs: Any) -> None:

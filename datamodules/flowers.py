@@ -9,7 +9,7 @@
       setid.mat           trnid (1,020), valid (1,020), tstid (6,149): 1-based image ids
 
 Split as in ACANet Table 1: train + val (2,040) for training, test (6,149); the test set also serves as
-validation.
+validation. ``download: true`` fetches it with torchvision into ``root/flowers-102/`` (never in tests).
 
 **Flowers (5 classes)**: ``flower_photos/{daisy,dandelion,roses,sunflowers,tulips}/*.jpg`` (3,670 photos,
 from the TensorFlow tutorials). It has no official split; the FFT paper's Table I uses 2,204 train / 734 test
@@ -38,6 +38,7 @@ class Flowers102DataModule(ClassificationDataModule):
     dataset_name = "Oxford Flowers-102"
     homepage = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz, imagelabels.mat, setid.mat)"
     expected_layout = "flowers-102/\n  jpg/image_00001.jpg ...\n  imagelabels.mat\n  setid.mat"
+    torchvision_download = "Flowers102"
 
     def __init__(self, root: str = "data/flowers-102", **kwargs: Any) -> None:
         super().__init__(root=root, **kwargs)

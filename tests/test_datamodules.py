@@ -600,3 +600,19 @@ def test_flowers102_missing_variable_is_clear(tmp_path):
     savemat(Path(kwargs["root"]) / "flowers-102" / "setid.mat", {"trnid": np.array([[1]])})
     with pytest.raises(DatasetLayoutError, match="missing variable"):
         Flowers102DataModule(**kwargs, **FAST).setup()
+
+
+# ------------------------------------------------------------------------------------------ download
+def test_download_only_where_torchvision_can(tmp_path, monkeypatch):
+    """download: true calls torchvision only when the layout is incomplete (stubbed: no network in tests)."""
+    from torchvision import datasets as tvd
+
+    with pytest.raises(ValueError, match="download: true is not supported"):
+        CUB200DataModule(root=str(tmp_path), download=True)
+    calls = []
+    monkeypatch.setattr(tvd, "CIFAR10", lambda root, download: calls.append((root, download)))
+    kwargs = build_dataset_fixture("datamodules.CIFAR10DataModule", tmp_path / "complete")
+    CIFAR10DataModule(**kwargs, download=True).prepare_data()
+    assert calls == []  # already on disk: nothing fetched
+    CIFAR10DataModule(root=str(tmp_path / "empty"), download=True).prepare_data()
+    assert calls == [(str(tmp_path / "empty"), True)] and (tmp_path / "empty").is_dir()
