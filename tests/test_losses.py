@@ -521,3 +521,37 @@ def test_focal_through_compute_loss_and_edge_cases() -> None:
     assert out["loss"].item() == pytest.approx(-((2 / 3) ** 0.5) * math.log(1 / 3) / 2, rel=1e-4)
     with pytest.raises(ValueError, match="per-class alpha"):
         FocalLoss(alpha=[1.0, 2.0])(torch.zeros(2, 3), torch.tensor([0, 1]))
+
+
+# ----------------------------------------------------------------------------------- with the real task
+def test_package_exports_every_loss() -> None:
+    import lightning_modules.losses as package
+
+    for cls in (FocalLoss, MCLoss, CenterLoss, ASoftmaxLoss, CosFaceLoss, COCOLoss, LGMLoss):
+        assert getattr(package, cls.__name__) is cls
+
+
+@pytest.mark.parametrize(
+    ("backbone", "name"),
+    [("resnet18_mc", "mc"), ("resnet18", "center"), ("resnet18", "asoftmax"), ("resnet18", "lgm")],
+)
+def test_one_step_inside_classification_task(backbone: str, name: str) -> None:
+    """bind() through the task, the loss's parameters belong to the task, gradients reach them."""
+    task_module = pytest.importorskip("lightning_modules.task")
+    losses = {
+        "mc": MCLoss(),
+        "center": CenterLoss(alpha=None),
+        "asoftmax": ASoftmaxLoss(),
+        "lgm": LGMLoss(),
+    }
+    loss = losses[name]
+    task = task_module.ClassificationTask(backbone=backbone, num_classes=3, loss=loss, metrics=["acc1"])
+    own = {f"loss.{n}" for n, _ in loss.named_parameters()}
+    assert own <= {n for n, _ in task.named_parameters()}
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    outputs = task.forward_outputs(x)
+    result = compute_loss(task.loss, outputs, y)
+    result["loss"].backward()
+    assert torch.isfinite(result["loss"])
+    assert task.predict_logits(outputs).shape == (2, 3)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in loss.parameters())
