@@ -3,6 +3,7 @@
 from datamodules.base import (
     BadImageError,
     ClassificationDataModule,
+    DataConfigError,
     DatasetLayoutError,
     load_rgb,
     stratified_split,
@@ -23,6 +24,7 @@ __all__ = [
     "CIFAR100DataModule",
     "CUB200DataModule",
     "ClassificationDataModule",
+    "DataConfigError",
     "DatasetLayoutError",
     "DigitsDataModule",
     "FGVCAircraftDataModule",

@@ -43,12 +43,20 @@ TrainCrop = Literal["random_resized", "random", "center", "resize"]
 OnBadImage = Literal["error", "skip"]
 
 
+class DataConfigError(ValueError):
+    """A datamodule argument is invalid or does not match the data (wrong ``num_classes``, bad ratios...)."""
+
+    user_error: ClassVar[bool] = True  # main.py prints the message alone, without a traceback
+
+
 class DatasetLayoutError(FileNotFoundError):
     """A dataset root is missing or is not laid out the way the datamodule expects.
 
     The message names the dataset, the missing path, the expected layout (a short tree) and where to get
     the data, so that the error alone tells the user what to fix.
     """
+
+    user_error: ClassVar[bool] = True  # main.py prints the message alone, without a traceback
 
     def __init__(self, dataset: str, missing: str | os.PathLike[str], layout: str = "", url: str = "",
                  detail: str = "") -> None:
@@ -68,8 +76,13 @@ class DatasetLayoutError(FileNotFoundError):
 class BadImageError(RuntimeError):
     """An image file exists but cannot be decoded (corrupt, truncated or not an image)."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    user_error: ClassVar[bool] = True
+
+    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
+        # With one argument the first is the whole message: DataLoader workers re-raise an exception as
+        # ``type(exc)(message)``, and this keeps the type (and ``user_error``) across processes.
         super().__init__(
+            str(path) if reason is None else
             f"cannot decode image {path}: {reason}. Fix or delete the file, or set "
             "`data.init_args.on_bad_image: skip` to drop undecodable files (they are counted at setup)."
         )
@@ -205,7 +218,7 @@ def stratified_split(
     from sklearn.model_selection import train_test_split
 
     if len(ratios) not in (2, 3) or any(r <= 0 for r in ratios) or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
-        raise ValueError(f"{dataset}: split_ratios must be 2 or 3 positive fractions summing to 1, got {list(ratios)}")
+        raise DataConfigError(f"{dataset}: split_ratios must be 2 or 3 positive fractions summing to 1, got {list(ratios)}")
     indices = np.arange(len(labels))
     labels_arr = np.asarray(labels)
     # Absolute sizes (rounded once, on the whole set) so that e.g. 0.7/0.15/0.15 of 200 is exactly 140/30/30
@@ -220,7 +233,7 @@ def stratified_split(
             parts = [train, val, last]
     except ValueError as err:
         counts = np.bincount(labels_arr)
-        raise ValueError(
+        raise DataConfigError(
             f"{dataset}: cannot make a stratified split {list(ratios)} of {len(labels)} images in "
             f"{int((counts > 0).sum())} classes (smallest class has {int(counts[counts > 0].min())} images): {err}"
         ) from None
@@ -319,15 +332,15 @@ class ClassificationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise DataConfigError(f"batch_size must be >= 1, got {batch_size}")
         if image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
+            raise DataConfigError(f"image_size must be >= 1, got {image_size}")
         if train_crop not in ("random_resized", "random", "center", "resize"):
-            raise ValueError(f"train_crop must be random_resized|random|center|resize, got {train_crop!r}")
+            raise DataConfigError(f"train_crop must be random_resized|random|center|resize, got {train_crop!r}")
         if on_bad_image not in ("error", "skip"):
-            raise ValueError(f"on_bad_image must be error|skip, got {on_bad_image!r}")
+            raise DataConfigError(f"on_bad_image must be error|skip, got {on_bad_image!r}")
         if download and self.torchvision_download is None:
-            raise ValueError(
+            raise DataConfigError(
                 f"{self.dataset_name}: download: true is not supported (torchvision cannot fetch this dataset); "
                 f"get it from {self.homepage} and set root"
             )

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from torch.utils.data import Dataset
 
-from datamodules.base import ClassificationDataModule, ImageListDataset
+from datamodules.base import ClassificationDataModule, DataConfigError, ImageListDataset
 
 _LEVELS = {"variant": ("variants.txt", 100), "family": ("families.txt", 70), "manufacturer": ("manufacturers.txt", 30)}
 
@@ -48,7 +48,7 @@ class FGVCAircraftDataModule(ClassificationDataModule):
                  annotation_level: Literal["variant", "family", "manufacturer"] = "variant", **kwargs: Any) -> None:
         super().__init__(root=root, **kwargs)
         if annotation_level not in _LEVELS:
-            raise ValueError(f"annotation_level must be variant|family|manufacturer, got {annotation_level!r}")
+            raise DataConfigError(f"annotation_level must be variant|family|manufacturer, got {annotation_level!r}")
         self.annotation_level = annotation_level
         self.num_classes = _LEVELS[annotation_level][1]
 

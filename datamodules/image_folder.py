@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import (
     ClassificationDataModule,
+    DataConfigError,
     DatasetLayoutError,
     ImageListDataset,
     find_class_folders,
@@ -131,7 +132,7 @@ class ImageFolderDataModule(ClassificationDataModule):
     ) -> None:
         super().__init__(root=root, **kwargs)
         if split not in ("folders", "ratio"):
-            raise ValueError(f"split must be folders|ratio, got {split!r}")
+            raise DataConfigError(f"split must be folders|ratio, got {split!r}")
         self.split = split
         self.split_ratios = tuple(split_ratios)
         self.split_seed = split_seed
@@ -150,7 +151,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         if os.path.isdir(self.root):
             self.class_names = find_class_folders(self._class_dir, self.dataset_name, self.expected_layout)
             if num_classes is not None and num_classes != len(self.class_names):
-                raise ValueError(
+                raise DataConfigError(
                     f"{self.dataset_name}: num_classes={num_classes} but {self._class_dir} holds "
                     f"{len(self.class_names)} class folders ({', '.join(self.class_names[:5])}"
                     f"{', ...' if len(self.class_names) > 5 else ''}); fix num_classes or the folder"
@@ -175,7 +176,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.require(*(["train", "val"] if self.split == "folders" else []))
         classes = find_class_folders(self._class_dir, self.dataset_name, self.expected_layout, self.homepage)
         if len(classes) != self.num_classes:
-            raise ValueError(
+            raise DataConfigError(
                 f"{self.dataset_name}: num_classes={self.num_classes} but {self._class_dir} holds {len(classes)} "
                 "class folders"
             )

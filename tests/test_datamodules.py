@@ -43,6 +43,7 @@ from datamodules import (
     CIFAR10DataModule,
     ClassificationDataModule,
     CUB200DataModule,
+    DataConfigError,
     DatasetLayoutError,
     DigitsDataModule,
     Flowers5DataModule,
@@ -301,7 +302,7 @@ def test_cifar_defaults_and_larger_image_size():
 
 
 def test_invalid_choices_are_rejected():
-    with pytest.raises(ValueError, match="train_crop"):
+    with pytest.raises(DataConfigError, match="train_crop"):
         ClassificationDataModule(train_crop="bogus")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="on_bad_image"):
         ClassificationDataModule(on_bad_image="ignore")  # type: ignore[arg-type]
@@ -334,7 +335,7 @@ def test_missing_root_is_one_clear_error(class_path, tmp_path):
     message = str(info.value)
     assert dm.dataset_name in message and str(missing) in message
     assert "Expected layout:" in message and "Get the data from:" in message
-    assert isinstance(info.value, FileNotFoundError)
+    assert isinstance(info.value, FileNotFoundError) and info.value.user_error  # main.py: message, no traceback
     assert info.value.__cause__ is None and info.value.__context__ is None
 
 
@@ -517,6 +518,17 @@ def test_corrupt_image_error_names_the_file(tmp_path):
     with pytest.raises(BadImageError, match="zz_"):
         for loader in (dm.train_dataloader(), dm.test_dataloader()):
             list(loader)
+    # In a DataLoader worker the error crosses the process boundary as type(exc)(message): still a
+    # BadImageError (which main.py prints without a traceback), still naming the file.
+    from torch._utils import ExceptionWrapper
+
+    try:
+        load_rgb(bad)
+    except BadImageError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(BadImageError, match="zz_truncated") as info:
+        wrapped.reraise()
+    assert info.value.user_error
 
 
 def test_corrupt_images_skipped_with_one_warning(tmp_path):
