@@ -253,3 +253,34 @@ def test_csnet101_at_448_fp32_and_bf16(name: str) -> None:
     assert out.shape == (1, 200) and torch.isfinite(out).all()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.forward_features(x).shape == (1, model.num_features, 14, 14)
+
+
+def test_zero_gates_open_during_training() -> None:
+    """Step 1 moves only the fusion's zero-init BN; then the attention gates; from step 3 the attention
+    weights (as the layer docstring says). Plain SGD without weight decay, so only gradients move weights."""
+    torch.manual_seed(0)
+    model = CSNet(trunk="resnet18", num_classes=3, fusion_dim=16).train()
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    watched = {"fusion_bn0": model.cs.fusion.transform[2][1].weight, "gamma_c": model.cs.channel.gamma,
+               "gamma_s": model.cs.spatial.gamma, "channel_key": model.cs.channel.key[0].weight,
+               "spatial_query": model.cs.spatial.query.weight}
+    moved_at: dict[str, int] = {}
+    for step in (1, 2, 3):
+        before = {k: p.detach().clone() for k, p in watched.items()}
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        moved_at.update({k: step for k, p in watched.items() if k not in moved_at and not torch.equal(p, before[k])})
+    assert moved_at == {"fusion_bn0": 1, "gamma_c": 2, "gamma_s": 2, "channel_key": 3, "spatial_query": 3}
+
+
+def test_channels_last_input_matches() -> None:
+    torch.manual_seed(0)
+    model = CSNet(trunk="resnet18", num_classes=3, gamma_init=0.5, heads=2).eval()
+    _randomise_gates(model.cs)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
