@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-EXPERIMENTS_DIR = Path("experiments")
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS_DIR = ROOT / "experiments"
 
 
 class ToolError(RuntimeError):

@@ -63,8 +63,13 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, inputs: torch.Tensor) -> float:
     """Multiply-accumulates of ``model(inputs)``: FlopCounterMode's FLOPs divided by 2."""
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(inputs)
+    was_training = model.training
+    model.eval()  # inference graph (batch-norm statistics, no dropout), as the papers count it
+    try:
+        with torch.no_grad(), counter:
+            model(inputs)
+    finally:
+        model.train(was_training)
     return counter.get_total_flops() / 2.0
 
 

@@ -512,8 +512,13 @@ def main(argv: Sequence[str] | None = None) -> list[Cell]:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--csv", default=None, help="also write the long-format CSV here")
     args = parser.parse_args(argv)
+    experiments = Path(args.experiments)
+    if not experiments.is_dir() and not experiments.is_absolute():
+        from tools.common import ROOT
+
+        experiments = ROOT / experiments
     runs = find_runs(args.runs)
-    cells = build_cells(args.paper, runs, Path(args.experiments), args.complexity, args.latency, args.device)
+    cells = build_cells(args.paper, runs, experiments, args.complexity, args.latency, args.device)
     print(to_markdown(cells, args.paper))
     if args.csv:
         write_csv(cells, args.csv)
