@@ -105,8 +105,14 @@ class ClassificationTask(LightningModule):
             log.warning(report.summary())
         self.loss = loss if loss is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         if isinstance(self.loss, TaskLoss):
-            self.loss.bind(int(getattr(self.backbone, "num_features", 0)), num_classes)
+            # the embedding width: timm's head_hidden_size where a pre-logits MLP widens it (VGG), else num_features
+            width = getattr(self.backbone, "head_hidden_size", None) or getattr(self.backbone, "num_features", 0)
+            self.loss.bind(int(width), num_classes)
         self._needs = self.loss.requires if isinstance(self.loss, TaskLoss) else frozenset({"logits"})
+        if "logits" not in self._needs:
+            # margin losses (A-Softmax, CosFace, COCO, L-GM) own the classifier: the backbone's head is unused,
+            # and parameters without gradients would break DDP
+            self.backbone.get_classifier().requires_grad_(False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         if channels_last:
