@@ -126,9 +126,10 @@ class CSNet(nn.Module):
             value=value, gamma_init=gamma_init,
         )
         self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = self.cs.out_channels
+        self.num_features = self.cs.out_channels
         self.drop_rate = drop_rate
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.head_hidden_size = self.head.num_features  # pooled width (2x num_features for "avgmax"/"catavgmax")
         self.pretrained_cfg = self.default_cfg = dict(
             architecture=type(self).__name__.lower(), input_size=(in_chans, 448, 448), pool_size=(14, 14),
             crop_pct=448 / 512, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -149,6 +150,7 @@ class CSNet(nn.Module):
         """Replace the classifier for ``num_classes`` outputs (0 removes it)."""
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
+        self.head_hidden_size = self.head.num_features
 
     def forward_stages(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The trunk's low-layer map ``L`` and high-layer map ``H``."""

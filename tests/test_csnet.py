@@ -243,6 +243,18 @@ def test_low_stage_option_and_small_trunk_at_448() -> None:
         assert model.forward_features(torch.randn(1, 3, 448, 448)).shape == (1, 512, 14, 14)
 
 
+def test_grad_checkpointing_and_pooling_options() -> None:
+    torch.manual_seed(0)
+    model = CSNet(trunk="resnet18", num_classes=3, gamma_init=0.5).train()
+    x = torch.randn(2, 3, 64, 64)
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.reset_classifier(5, global_pool="catavgmax")
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, model.head_hidden_size)
+    assert model.head_hidden_size == 2 * model.num_features and model(x).shape == (2, 5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["csnet101", "csnet101_both"])
 def test_csnet101_at_448_fp32_and_bf16(name: str) -> None:

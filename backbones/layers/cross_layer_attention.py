@@ -284,8 +284,10 @@ class CrossLayerSelfAttention(nn.Module):
         """``L_r`` of Eq. (5)."""
         if self.channel is None and self.spatial is None:
             return low
-        if self.channel is None or self.spatial is None:
-            return (self.channel or self.spatial)(low, high)
+        if self.spatial is None:
+            return self.channel(low, high)
+        if self.channel is None:
+            return self.spatial(low, high)
         if self.combine == "serial":
             return self.spatial(self.channel(low, high), high)
         if self.combine == "sum":
