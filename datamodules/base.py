@@ -331,6 +331,11 @@ class ClassificationDataModule(L.LightningDataModule):
         on_bad_image: OnBadImage = "error",
     ) -> None:
         super().__init__()
+        # Every constructor argument of the whole subclass chain, stored in checkpoints
+        # (``datamodule_hyper_parameters``) next to the config LightningCLI saves. ``num_classes`` is left
+        # out: Lightning refuses to log when the model's and the datamodule's hparams share a key with
+        # different values (ImageFolder's ``None`` vs the model's discovered count).
+        self.save_hyperparameters(ignore=["num_classes"])
         if batch_size < 1:
             raise DataConfigError(f"batch_size must be >= 1, got {batch_size}")
         if image_size < 1:

@@ -162,6 +162,23 @@ def test_fit_fast_dev_run(class_path, tmp_path):
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
+def test_hparams_saved_and_compatible_with_a_logger(tmp_path):
+    """Constructor args land in the checkpoint hparams; none clashes with the model's num_classes."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Model(TinyClassifier):
+        def __init__(self, num_classes: int) -> None:
+            super().__init__(num_classes)
+            self.save_hyperparameters()
+
+    dm = make("datamodules.ImageFolderDataModule", tmp_path, num_classes=None, split_seed=7)
+    assert dm.hparams["split_seed"] == 7 and dm.hparams["batch_size"] == 2 and "num_classes" not in dm.hparams
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=1, logger=CSVLogger(tmp_path / "logs"),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Model(dm.num_classes), datamodule=dm)
+    assert trainer.global_step == 1
+
+
 def test_fit_timm_resnet18_on_cifar10_fixture(tmp_path):
     timm = pytest.importorskip("timm")
 
