@@ -333,6 +333,9 @@ def test_test_analysis_callback_with_wandb_offline(tmp_path):
     assert torch.allclose(saved["logits"], model(data.tensors[0]).detach())
     assert (tmp_path / "run" / "analysis" / "roc_curves.png").is_file()
     logger.experiment.finish()
+    import wandb
+
+    wandb.teardown()  # shut the W&B service down so the offline run file is complete on disk
     wandb_file = next(tmp_path.rglob("run-*.wandb"))
     _, _, name = report.read_wandb_file(wandb_file)
     assert name == "tiny"
