@@ -1,0 +1,256 @@
+"""datamodules.tensor_cache: decode-once cache, device-side batch augmentation, DDP sharding, Lightning fit."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from datamodules import CIFAR10DataModule, ImageFolderDataModule
+from datamodules.tensor_cache import BatchAugment, DeviceBatchLoader, TensorCacheDataModule
+from tests.dataset_fixtures import build_dataset_fixture
+
+
+@pytest.fixture
+def cifar_args(tmp_path: Path) -> dict:
+    return build_dataset_fixture("datamodules.CIFAR10DataModule", tmp_path / "cifar")  # 20 train, 6 test
+
+
+@pytest.fixture
+def folder_args(tmp_path: Path) -> dict:
+    return build_dataset_fixture("datamodules.ImageFolderDataModule", tmp_path / "folder")  # 3 x 8 JPEGs
+
+
+def cached(inner, tmp_path: Path, **kwargs) -> TensorCacheDataModule:
+    dm = TensorCacheDataModule(inner, device="cpu", cache_dir=str(tmp_path / "tcache"), **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def eval_reference(dataset) -> torch.Tensor:
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+# ---------------------------------------------------------------------------------------------- cache files
+def test_cache_is_built_once_and_reused(cifar_args, tmp_path):
+    first = cached(CIFAR10DataModule(**cifar_args, batch_size=4, num_workers=0), tmp_path)
+    assert first.num_classes == 10
+    assert first.decoded == {"train": 20, "val": 6}  # test is the same dataset as val: one file
+    assert first.cache_files["val"] == first.cache_files["test"]
+    mtimes = {split: path.stat().st_mtime_ns for split, path in first.cache_files.items()}
+    assert not list((tmp_path / "tcache").glob(".*tmp*"))  # atomic write left no temporary file
+
+    second = cached(CIFAR10DataModule(**cifar_args, batch_size=4, num_workers=0), tmp_path)
+    assert second.decoded_images == 0
+    assert {s: p.stat().st_mtime_ns for s, p in second.cache_files.items()} == mtimes
+    assert torch.equal(first.tensors["train"][0], second.tensors["train"][0])
+    assert torch.equal(first.tensors["train"][1], second.tensors["train"][1])
+
+    other_size = cached(CIFAR10DataModule(**cifar_args, batch_size=4, num_workers=0), tmp_path, storage_size=24)
+    assert other_size.decoded_images == 26
+    assert other_size.cache_files["train"] != first.cache_files["train"]
+    assert other_size.tensors["train"][0].shape == (20, 3, 24, 24)
+
+
+def test_cached_tensors_hold_the_decoded_pixels(cifar_args, tmp_path):
+    inner = CIFAR10DataModule(**cifar_args, batch_size=4, num_workers=0)
+    dm = cached(inner, tmp_path)
+    images, labels = dm.tensors["train"]
+    assert images.dtype == torch.uint8 and images.shape == (20, 3, 32, 32)
+    assert torch.equal(images, inner.train_set.images)
+    assert torch.equal(labels, inner.train_set.labels)
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def test_eval_batches_equal_the_inner_eval_pipeline_cifar(cifar_args, tmp_path):
+    inner = CIFAR10DataModule(**cifar_args, batch_size=4, num_workers=0)
+    dm = cached(inner, tmp_path)
+    batches = list(dm.val_dataloader())
+    assert [len(y) for _, y in batches] == [4, 2]
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert x.dtype == torch.float32 and x.shape == (6, 3, 32, 32)
+    torch.testing.assert_close(x, eval_reference(inner.val_set), atol=1e-5, rtol=0)
+    assert torch.equal(y, inner.val_set.labels)
+    # normalisation: un-normalised values are the uint8 pixels / 255
+    mean = torch.tensor(inner.mean).view(1, 3, 1, 1)
+    std = torch.tensor(inner.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(x * std + mean, inner.val_set.images.float() / 255, atol=1e-5, rtol=0)
+
+
+def test_eval_batches_equal_the_inner_eval_pipeline_image_folder(folder_args, tmp_path):
+    # image_size 32, resize_size round(32 / 0.875) = 37: resize 37 + centre crop 32 from JPEG files
+    inner = ImageFolderDataModule(**folder_args, batch_size=5, num_workers=0, image_size=32)
+    dm = cached(inner, tmp_path)
+    assert dm.storage_size == 37 and dm.tensors["train"][0].shape[-1] == 37
+    x = torch.cat([b[0] for b in dm.val_dataloader()])
+    torch.testing.assert_close(x, eval_reference(inner.val_set), atol=1e-5, rtol=0)
+
+    # a storage size other than resize_size: resized again on the device, within a few grey levels
+    dm32 = cached(ImageFolderDataModule(**folder_args, batch_size=5, num_workers=0, image_size=32), tmp_path,
+                  storage_size=32)
+    x32 = torch.cat([b[0] for b in dm32.val_dataloader()])
+    assert x32.shape == x.shape
+    assert (x32 - x).abs().mean() < 0.05
+
+
+def test_train_batches_shapes_dtypes_and_bfloat16(cifar_args, tmp_path):
+    dm = cached(CIFAR10DataModule(**cifar_args, batch_size=8, num_workers=0), tmp_path, dtype="bfloat16")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == len(dm.train_dataloader()) == 2  # 20 // 8, ragged batch dropped
+    for x, y in batches:
+        assert x.shape == (8, 3, 32, 32) and x.dtype == torch.bfloat16
+        assert y.dtype == torch.int64 and y.shape == (8,)
+        assert torch.isfinite(x.float()).all()
+
+
+def _augment(inner, **overrides) -> BatchAugment:
+    for key, value in overrides.items():
+        setattr(inner, key, value)
+    return BatchAugment(inner, storage_size=inner.resize_size, train=True)
+
+
+def test_random_crop_with_padding_and_flip_are_exact(cifar_args):
+    inner = CIFAR10DataModule(**cifar_args, batch_size=4, num_workers=0)
+    inner.setup("fit")
+    images = inner.train_set.images[:6]
+    plain = BatchAugment(inner, 32, train=False)(images)
+
+    assert torch.equal(_augment(inner, crop_padding=0, hflip=0.0)(images), plain)
+    assert torch.equal(_augment(inner, crop_padding=0, hflip=1.0)(images), plain.flip(-1))
+    assert torch.equal(_augment(inner, crop_padding=0, hflip=0.0, vflip=1.0)(images), plain.flip(-2))
+
+    # padding 4: every output is one of the 9 x 9 windows of the zero-padded (normalised) image
+    aug = _augment(inner, crop_padding=4, hflip=0.0, vflip=0.0)
+    out = aug(images, torch.Generator().manual_seed(0))
+    zero = BatchAugment(inner, 40, train=False)
+    zero.resize_size = zero.size = 40
+    padded_norm = zero(torch.nn.functional.pad(images, (4, 4, 4, 4)))
+    offsets = []
+    for i in range(len(images)):
+        hits = [(dy, dx) for dy, dx in itertools.product(range(9), range(9))
+                if torch.equal(out[i], padded_norm[i, :, dy:dy + 32, dx:dx + 32])]
+        assert hits, f"sample {i} is not a window of its padded image"
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 1  # offsets are drawn per sample
+
+
+def test_augmentation_is_random_across_epochs_and_reproducible(cifar_args, tmp_path):
+    dm = cached(CIFAR10DataModule(**cifar_args, batch_size=4, num_workers=0), tmp_path)
+    loader = dm.train_dataloader()
+    loader.set_epoch(0)
+    a = [(x.clone(), y.clone()) for x, y in loader]
+    loader.set_epoch(0)
+    b = list(loader)
+    loader.set_epoch(1)
+    c = list(loader)
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert not torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in c]))  # new permutation
+    assert loader.epoch == 2  # iterating advances the epoch for loops that never call set_epoch
+    # Lightning calls set_epoch on loader.sampler
+    loader.sampler.set_epoch(7)
+    assert loader.epoch == 7
+
+
+def test_random_resized_crop_boxes_and_identity(folder_args):
+    inner = ImageFolderDataModule(**folder_args, batch_size=4, num_workers=0, image_size=32)
+    aug = _augment(inner, hflip=0.0, scale=(0.08, 1.0))
+    gen = torch.Generator().manual_seed(0)
+    boxes = aug._rrc_boxes(4096, 37, 37, torch.device("cpu"), gen)
+    top, left, h, w = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 37).all() and (left + w <= 37).all()
+    area = h * w / 37**2
+    assert area.min() >= 0.05 and area.max() <= 1.0 and area.std() > 0.1  # scale range, not constant
+    ratio = w / h
+    assert ratio.min() > 0.6 and ratio.max() < 1.6
+
+    # scale (1, 1) on a square image at the output size: the identity grid, i.e. the image itself
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    aug_full = _augment(inner, scale=(1.0, 1.0), hflip=1.0)
+    aug_full.size = 32
+    out = aug_full(x, torch.Generator().manual_seed(1))
+    expected = BatchAugment(inner, 32, train=False)
+    expected.resize_size = 32
+    torch.testing.assert_close(out, expected(x).flip(-1), atol=1e-4, rtol=0)
+
+
+def test_rotation_and_jitter_run_batched(cifar_args):
+    inner = CIFAR10DataModule(**cifar_args, batch_size=4, num_workers=0, rotation=15, color_jitter=0.4)
+    inner.setup("fit")
+    aug = BatchAugment(inner, 32, train=True)
+    out = aug(inner.train_set.images[:8], torch.Generator().manual_seed(0))
+    assert out.shape == (8, 3, 32, 32) and torch.isfinite(out).all()
+    plain = BatchAugment(inner, 32, train=False)(inner.train_set.images[:8])
+    assert not torch.allclose(out, plain)
+
+
+# ---------------------------------------------------------------------------------------------- DDP sharding
+def test_ddp_shards_cover_the_set_exactly_once(cifar_args, tmp_path):
+    dm = cached(CIFAR10DataModule(**cifar_args, batch_size=5, num_workers=0), tmp_path)
+    for epoch in (0, 1):
+        train = [dm.train_dataloader(rank=r, world_size=2) for r in range(2)]
+        shards = [loader.indices(epoch) for loader in train]
+        assert [len(s) for s in shards] == [10, 10] and [len(loader) for loader in train] == [2, 2]
+        assert sorted(torch.cat(shards).tolist()) == list(range(20))
+    # a new permutation each epoch, the same one on both ranks
+    assert not torch.equal(train[0].indices(0), train[0].indices(1))
+    # labels served are the labels of the indexed images
+    train[0].set_epoch(3)
+    ys = torch.cat([y for _, y in train[0]])
+    assert torch.equal(ys, dm.tensors["train"][1][train[0].indices(3)])
+
+    evals = [dm.val_dataloader(rank=r, world_size=2) for r in range(2)]
+    assert sorted(torch.cat([e.indices() for e in evals]).tolist()) == list(range(6))
+    # odd sizes: evaluation still covers every sample once; training shards stay equal
+    images, labels = dm.tensors["train"]
+    odd = [DeviceBatchLoader(images[:7], labels[:7], 2, dm.eval_augment, shuffle=False, drop_last=False,
+                             rank=r, world_size=2) for r in range(2)]
+    assert sorted(torch.cat([o.indices() for o in odd]).tolist()) == list(range(7))
+    odd_train = [DeviceBatchLoader(images[:7], labels[:7], 2, dm.train_augment, shuffle=True, drop_last=False,
+                                   rank=r, world_size=2) for r in range(2)]
+    assert [len(o.indices()) for o in odd_train] == [3, 3] and len(set(torch.cat(
+        [o.indices() for o in odd_train]).tolist())) == 6
+
+
+# ---------------------------------------------------------------------------------------------- Lightning
+def test_two_step_lightning_fit_through_the_cache(cifar_args, tmp_path):
+    from lightning_modules import ClassificationTask
+
+    # 20 train images, batch 10: one epoch of 2 steps, then validation
+    dm = TensorCacheDataModule(CIFAR10DataModule(**cifar_args, batch_size=10, num_workers=0), device="auto",
+                               cache_dir=str(tmp_path / "tcache"))
+    model = ClassificationTask(backbone="resnet18", num_classes=dm.num_classes,
+                               optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 2
+    assert dm.decoded_images == 26
+    assert "val/acc1" in trainer.callback_metrics
+
+
+def test_yaml_config_wraps_a_datamodule_and_links_num_classes(cifar_args, tmp_path, monkeypatch):
+    import main as cli
+
+    monkeypatch.setattr("sys.argv", ["main.py"])
+
+    config = {
+        "model": {"class_path": "lightning_modules.ClassificationTask", "init_args": {"backbone": "resnet18"}},
+        "data": {"class_path": "datamodules.tensor_cache.TensorCacheDataModule", "init_args": {
+            "device": "cpu", "cache_dir": str(tmp_path / "tcache"),
+            "datamodule": {"class_path": "datamodules.CIFAR10DataModule",
+                           "init_args": {**cifar_args, "batch_size": 4, "num_workers": 0}}}},
+    }
+    path = tmp_path / "cached.yaml"
+    path.write_text(yaml.safe_dump(config))
+    parsed = cli.cli_main(["--config", str(path), "--trainer.logger", "false", "--trainer.callbacks", "[]",
+                           "--trainer.enable_progress_bar", "false"], run=False)
+    assert isinstance(parsed.datamodule, TensorCacheDataModule)
+    assert isinstance(parsed.datamodule.datamodule, CIFAR10DataModule)
+    assert parsed.model.hparams.num_classes == 10
