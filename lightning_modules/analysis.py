@@ -13,7 +13,8 @@ from every DDP rank in dataset order, and on global rank 0 writes to the run fol
 * ``analysis/roc_curves.png`` and ``analysis/pr_curves.png``, one curve per class (MSF-CA Fig. 10 (a, b)).
 
 When a :class:`~lightning.pytorch.loggers.WandbLogger` is attached, the images are logged as
-``wandb.Image`` and the per-class table and confusion matrix as ``wandb.Table``, under ``<prefix>/...``.
+``wandb.Image`` and the per-class table and confusion matrix as ``wandb.Table``: ``<prefix>/confusion_matrix``, ``per_class_auc_ap``, ``roc_curves``, ``pr_curves``
+(images), ``<prefix>/per_class_table`` and ``confusion_matrix_table``.
 
 AUC and AP are one-vs-rest on softmax probabilities (:func:`per_class_auc_ap`);
 classes without positives in the test set get ``nan``.
@@ -377,12 +378,12 @@ def _log_to_wandb(trainer: Trainer, prefix: str, files: dict[str, Path]) -> None
     with open(files["confusion_csv"]) as f:
         confusion_rows = list(csv.reader(f))
     payload: dict[str, Any] = {
-        f"{prefix}/per_class": wandb.Table(columns=rows[0], data=rows[1:-1]),
+        f"{prefix}/per_class_table": wandb.Table(columns=rows[0], data=rows[1:-1]),
         f"{prefix}/confusion_matrix_table": wandb.Table(columns=confusion_rows[0], data=confusion_rows[1:]),
     }
     for key in ("confusion_png", "per_class_png", "roc_png", "pr_png"):
         if key in files:
-            payload[f"{prefix}/{key.removesuffix('_png')}"] = wandb.Image(str(files[key]))
+            payload[f"{prefix}/{files[key].stem}"] = wandb.Image(str(files[key]))
     for lg in loggers:
         lg.experiment.log(payload)
 

@@ -180,6 +180,29 @@ def test_profile_from_experiment_yaml_matches_timm(tmp_path):
     assert not (tmp_path / "runs").exists()  # building a model from YAML must not create run folders
 
 
+def test_checkpoint_loads_into_yaml_task_and_timm_model(tmp_path):
+    pytest.importorskip("lightning_modules.task")
+    cfg = {
+        "model": {
+            "class_path": "lightning_modules.ClassificationTask",
+            "init_args": {"backbone": "resnet18"},
+        },
+        "data": {"class_path": "datamodules.digits.DigitsDataModule", "init_args": {"image_size": 32}},
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    task = load_network(configs=[str(tmp_path / "exp.yaml")]).task
+    with torch.no_grad():
+        task.backbone.fc.weight.fill_(0.25)  # differs from any fresh initialisation
+    torch.save({"state_dict": task.state_dict(), "epoch": 3}, tmp_path / "last.ckpt")  # Lightning's layout
+    from_yaml = load_network(configs=[str(tmp_path / "exp.yaml")], ckpt_path=str(tmp_path / "last.ckpt"))
+    from_timm = load_network(model="resnet18", num_classes=10, ckpt_path=str(tmp_path / "last.ckpt"))
+    for loaded in (from_yaml, from_timm):
+        assert torch.equal(loaded.network.fc.weight, torch.full((10, 512), 0.25))
+        assert torch.equal(loaded.network.conv1.weight, task.backbone.conv1.weight)
+    with pytest.raises(ToolError, match="no tensor"):
+        load_network(model="vit_tiny_patch16_224", num_classes=10, ckpt_path=str(tmp_path / "last.ckpt"))
+
+
 def test_unknown_model_is_one_clear_error(capsys):
     assert run_main(profile.main, ["--model", "no_such_model_xyz", "--runs", "0"]) == 2
     assert "unknown model 'no_such_model_xyz'" in capsys.readouterr().err
@@ -339,7 +362,14 @@ def test_test_analysis_callback_with_wandb_offline(tmp_path):
     wandb_file = next(tmp_path.rglob("run-*.wandb"))
     _, _, name = report.read_wandb_file(wandb_file)
     assert name == "tiny"
-    assert b"test/per_class" in wandb_file.read_bytes() and b"test/confusion" in wandb_file.read_bytes()
+    logged = wandb_file.read_bytes()
+    for key in (
+        "test/per_class_table",
+        "test/confusion_matrix_table",
+        "test/confusion_matrix",
+        "test/roc_curves",
+    ):
+        assert key.encode() in logged
 
 
 class _TwoRankModule:

@@ -124,6 +124,8 @@ def read_wandb_file(path: Path) -> tuple[dict[str, float], dict[str, Any], str |
 
     def take(items: Iterable[Any], into: dict[str, Any], numbers: bool) -> None:
         for item in items:
+            if numbers and not item.key:  # nested keys are media metadata (image sizes), not metrics
+                continue
             key = item.key or "/".join(item.nested_key)
             try:
                 value = json.loads(item.value_json)
