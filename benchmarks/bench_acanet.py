@@ -8,14 +8,16 @@ Run ``python -m benchmarks.bench_acanet`` (CPU, about a minute) or ``--device cu
    (``torch.autograd.graph.saved_tensors_hooks``), on any device; on CUDA also the peak allocated memory of
    the forward+backward above the inputs and weights.
 2. Inference latency (eval, ``inference_mode``) at 224 px: ACANet-18 before/after ``switch_to_deploy()``, the
-   ACCB-only ResNet-18 (``use_fcsa=False``) before/after fusion, and timm's plain ``resnet18``; parameters
-   and MACs (``FlopCounterMode`` counts convs/matmuls, FLOPs/2; the FCSA window products, which are
-   element-wise ops it does not see, are added analytically: 2 x window^2 x C x H x W MACs per FCSA).
+   ACCB-only ResNet-18 (``use_fcsa=False``) before/after fusion, and timm's plain ``resnet18``. Latency is
+   the minimum over interleaved repetitions (robust on a shared machine). MACs: ``FlopCounterMode`` counts
+   convs/matmuls (FLOPs/2); the FCSA window products, element-wise ops it does not see, are added
+   analytically (2 x window^2 x C x H x W MACs per FCSA).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import platform
 import statistics
@@ -159,20 +161,31 @@ def bench_fusion(device: torch.device, batch: int, reps: int, num_classes: int =
     accb_resnet = ACANet(num_classes=num_classes, use_fcsa=False, downsample="conv").to(device).eval()
     resnet = timm.create_model("resnet18", num_classes=num_classes).to(device).eval()
 
-    def entry(name: str, model: nn.Module) -> tuple[str, float, int, int]:
-        with torch.inference_mode():
-            ms = time_ms(lambda: model(x), device, reps)
-        params = sum(p.numel() for p in model.parameters())
-        return name, ms, params, macs(model, x[:1])
-
-    results = [entry("resnet18 (timm, plain)", resnet)]
-    results.append(entry("acanet18, training form", acanet))
-    results.append(entry("acanet18, switch_to_deploy()", acanet.switch_to_deploy()))
-    results.append(entry("ACCB-ResNet-18 (no FCSA), training form", accb_resnet))
-    results.append(entry("ACCB-ResNet-18 (no FCSA), switch_to_deploy()", accb_resnet.switch_to_deploy()))
+    acanet_fused = copy.deepcopy(acanet).switch_to_deploy()
+    accb_fused = copy.deepcopy(accb_resnet).switch_to_deploy()
+    models = {
+        "resnet18 (timm, plain)": resnet,
+        "acanet18, training form": acanet,
+        "acanet18, switch_to_deploy()": acanet_fused,
+        "ACCB-ResNet-18 (no FCSA), training form": accb_resnet,
+        "ACCB-ResNet-18 (no FCSA), switch_to_deploy()": accb_fused,
+    }
+    # Interleaved repetitions (one call of every model per round) and the minimum per model, so that a
+    # shared, noisy machine biases no model in particular.
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model(x)
+        for _ in range(reps):
+            for name, model in models.items():
+                times[name].append(time_ms(lambda m=model: m(x), device, reps=1, warmup=0))
+    results = [
+        (name, min(times[name]), sum(p.numel() for p in model.parameters()), macs(model, x[:1]))
+        for name, model in models.items()
+    ]
     base = results[0][1]
     rows = [
-        f"| model (224 px, batch {batch}) | latency ms | vs resnet18 | params (M) | GMACs / image |",
+        f"| model (224 px, batch {batch}) | latency ms (min of {reps}) | vs resnet18 | params (M) | GMACs / image |",
         "|---|---|---|---|---|",
     ]
     for name, ms, params, mac in results:
@@ -195,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if cuda:
         torch.backends.cudnn.benchmark = True
-    reps = args.reps or (20 if cuda else 3)
+    reps = args.reps or (20 if cuda else 5)
     fcsa_batch = args.fcsa_batch or (32 if cuda else 2)
     model_batch = args.model_batch or (64 if cuda else 1)
 

@@ -152,6 +152,20 @@ def test_acanet_fusion_equal_outputs() -> None:
     assert (before - after).abs().max().item() <= 1e-5
 
 
+def test_acanet_fusion_equal_outputs_arbitrary_bn_stats_fp64() -> None:
+    """Uniformly random running statistics (activations reach ~1e5 through the summed branches, so the
+    comparison runs in float64 where 1e-5 is still far above rounding)."""
+    torch.manual_seed(1)
+    model = ACANet(num_classes=10)
+    _randomise_bn(model, seed=1)
+    model = model.double().eval()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        after = model.switch_to_deploy()(x)
+    assert (before - after).abs().max().item() <= 1e-5
+
+
 def _structure(model: nn.Module) -> list[tuple]:
     rows = []
     for m in model.modules():

@@ -21,9 +21,10 @@ Efficient implementation (this file) - the function is ACmix's, the memory is no
   reflect-padded k and v (custom autograd functions that pad internally, save only q, padded k/v and the
   attention weights, and accumulate gradients into slices in place), so activation memory is
   O(C*H*W + heads*window**2*H*W) instead of O(window**2*C*H*W).
-* Because ``pe`` is a 1x1 conv of coordinates, ``pe_i - pe_j = W_p (loc_i - loc_j)`` (the bias cancels):
-  ``q_i . (pe_i - pe_j) = (W_p^T q_i) . (loc_i - loc_j)``, a 2-channel product per offset. The
-  coordinate differences use the reflected coordinates at the border, exactly as ACmix's padded ``pe``.
+* The positional term needs no per-offset tensor: ``q_i . pe_i`` is constant over the keys of query ``i``
+  and cancels in the softmax, so the logits are ``q_i . (k_j - pe_j)``: the keys are shifted once by the
+  (bias-free) positional map before padding. At the border the reflect padding of ``k - pe`` uses the
+  reflected coordinates, exactly as ACmix's padded ``pe``.
 * The coordinate grid is created in the activations' dtype/device, so fp16/bf16 (autocast or ``.half()``)
   work (ACmix creates it in fp32 on the host: issues #7/#15/#18/#21).
 * ``reset_parameters`` (shift kernels, rates 0.5) is the module's own; a model-level init loop must call
@@ -142,6 +143,12 @@ class _WindowAggregate(torch.autograd.Function):
 def local_window_attention(q: Tensor, k: Tensor, v: Tensor, pos_weight: Tensor, window: int) -> Tensor:
     """ACmix's local attention with relative coordinate encoding, without materialising windows.
 
+    ACmix's logits are ``q_i . (k_j + pe_i - pe_j)``. The term ``q_i . pe_i`` is the same for every key
+    ``j`` of query ``i``, so the softmax cancels it: the attention equals ``softmax_j(q_i . (k_j - pe_j))``.
+    With ``pe = W_p loc`` (a 1x1 conv of the coordinate grid; ACmix's bias cancels the same way), the keys
+    are shifted once by ``-pe`` and no positional tensor per offset is needed. Reflect padding of
+    ``k - pe`` gives the reflected coordinates at the border, exactly as ACmix pads ``pe``.
+
     Args:
         q: scaled queries ``(B*heads, head_dim, H, W)``.
         k: keys, same shape.
@@ -153,19 +160,10 @@ def local_window_attention(q: Tensor, k: Tensor, v: Tensor, pos_weight: Tensor, 
         ``(B*heads, head_dim, H, W)``.
     """
     _, _, h, w = q.shape
-    pad = window // 2
-    # Reflect padding happens inside the autograd functions, which keep only the padded copies.
-    logits = _WindowDot.apply(q, k, window)
-
-    # q . (pe_i - pe_j) = (W_p^T q) . (loc_i - loc_j): the grid differences are constants per offset.
     grid = coordinate_grid(h, w, q.device, q.dtype)
-    grid_pad = F.pad(grid, (pad, pad, pad, pad), mode="reflect") if pad else grid
-    rel = torch.stack(
-        [grid[0] - grid_pad[0, :, dy : dy + h, dx : dx + w] for dy in range(window) for dx in range(window)],
-        dim=1,
-    )  # (2, window**2, H, W)
-    q_pos = F.conv2d(q, pos_weight.t().to(q.dtype)[:, :, None, None])  # (B*heads, 2, H, W), saves only q
-    logits = logits + q_pos[:, 0:1] * rel[0] + q_pos[:, 1:2] * rel[1]
+    pe = F.conv2d(grid, pos_weight.to(q.dtype)[:, :, None, None])  # (1, head_dim, H, W)
+    # Reflect padding happens inside the autograd functions, which keep only the padded copies.
+    logits = _WindowDot.apply(q, k - pe, window)
     attn = logits.softmax(dim=1).to(v.dtype)
     return _WindowAggregate.apply(attn, v, window)
 
