@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningModule, Trainer
+import random
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
@@ -25,3 +29,76 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
                 logger.experiment.config.update(as_dict, allow_val_change=True)
             else:
                 logger.log_hyperparams({"config": as_dict})
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; nothing after the last good checkpoint was saved."""
+
+    user_error = True
+
+
+class FiniteLossGuard(Callback):
+    """Stop at the first non-finite training loss, naming the step and batch, before anything is saved.
+
+    The check costs one device-to-host copy of a scalar every ``check_every_n_steps`` steps (the default 1
+    catches the exact batch; raise it on GPUs if that sync matters). Because the error is raised before
+    the next checkpoint, the last checkpoint on disk is the last good state to resume from.
+
+    Args:
+        check_every_n_steps: how often to check the loss.
+    """
+
+    def __init__(self, check_every_n_steps: int = 1) -> None:
+        self.check_every_n_steps = check_every_n_steps
+        self._batch_idx = -1
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        # before backward and the optimiser step: the weights are still the last good ones
+        if trainer.global_step % self.check_every_n_steps or bool(torch.isfinite(loss.detach()).all()):
+            return
+        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+        raise NonFiniteLossError(
+            f"training loss is {loss.item()} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
+            f"batch {self._batch_idx}). Stopped before the update and before saving; last good checkpoint: "
+            f"{ckpt}. Usual fixes: lower the learning rate or add warm-up, use bf16 instead of fp16, check the "
+            "inputs of that batch."
+        )
+
+
+class RNGStateCallback(Callback):
+    """Save and restore the Python, NumPy and torch RNG states with every checkpoint.
+
+    Lightning does not checkpoint RNG states, so a resumed run would shuffle and augment differently from an
+    uninterrupted one. With this callback, resuming from an epoch-boundary checkpoint reproduces the
+    uninterrupted run exactly on CPU (deterministic kernels, ``num_workers: 0`` or seeded workers).
+    The states are stored as tensors and ints, so checkpoints still load with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        state = {
+            "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2],
+            "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]),
+            "numpy_has_gauss": int(np_state[3]),
+            "numpy_gauss": float(np_state[4]),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        random.setstate((state_dict["python_version"], tuple(state_dict["python"]), state_dict["python_gauss"]))
+        np.random.set_state(
+            ("MT19937", state_dict["numpy_keys"].numpy().astype(np.uint32), state_dict["numpy_pos"],
+             state_dict["numpy_has_gauss"], state_dict["numpy_gauss"])
+        )
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

@@ -41,6 +41,12 @@ def create_backbone(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     return timm.create_model(name, num_classes=num_classes, **kwargs)
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was made for another model or another number of classes."""
+
+    user_error = True
+
+
 class ClassificationTask(LightningModule):
     """Supervised image classification: backbone + loss + optimiser/scheduler + torchmetrics.
 
@@ -212,6 +218,22 @@ class ClassificationTask(LightningModule):
         self.test_metrics.reset()
         self.test_loss.reset()
         self.log_dict(values)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, with one clear message, a checkpoint of another backbone or another class count."""
+        saved = checkpoint.get("hyper_parameters", {})
+        mine = self.hparams
+        problems = []
+        if saved.get("backbone", mine.backbone) != mine.backbone:
+            problems.append(f"backbone '{saved['backbone']}' (this run: '{mine.backbone}')")
+        if saved.get("num_classes", mine.num_classes) != mine.num_classes:
+            problems.append(f"{saved['num_classes']} classes (this run's data: {mine.num_classes})")
+        if problems:
+            raise CheckpointMismatchError(
+                f"the checkpoint was trained with {' and '.join(problems)}. Use a checkpoint of this experiment, "
+                "or to fine-tune on new classes pass it as `model.init_args.pretrained: <path>` (the classifier "
+                "is then skipped) instead of `--ckpt_path`."
+            )
 
     # ------------------------------------------------------------------ optimisation
     def setup(self, stage: str) -> None:
