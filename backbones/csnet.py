@@ -183,10 +183,14 @@ _ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _create_csnet(trunk: str, ablation: str, pretrained: bool | str | os.PathLike = False, **kwargs: Any) -> CSNet:
-    """Build a registered variant; ``pretrained`` is timm's bool (hub weights) or a local checkpoint path."""
+def _create_csnet(default_trunk: str, ablation: str, pretrained: bool | str | os.PathLike = False, **kwargs: Any) -> CSNet:
+    """Build a registered variant; ``pretrained`` is timm's bool (hub weights) or a local checkpoint path.
+
+    ``kwargs`` override the variant's defaults, the trunk included (``trunk="resnet18"`` for quick tests).
+    """
     for key in _TIMM_FACTORY_KWARGS:  # passed by timm.create_model; CS-Net has no hub weights of its own
         kwargs.pop(key, None)
+    trunk = kwargs.pop("trunk", default_trunk)
     local = pretrained if isinstance(pretrained, (str, os.PathLike)) else None
     model = CSNet(trunk=trunk, **{**_ABLATIONS[ablation], **kwargs},
                   pretrained_trunk=bool(pretrained) and local is None)

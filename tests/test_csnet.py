@@ -245,7 +245,8 @@ def test_low_stage_option_and_small_trunk_at_448() -> None:
 
 def test_grad_checkpointing_and_pooling_options() -> None:
     torch.manual_seed(0)
-    model = CSNet(trunk="resnet18", num_classes=3, gamma_init=0.5).train()
+    model = timm.create_model("csnet101", trunk="resnet18", num_classes=3, gamma_init=0.5).train()  # trunk override
+    assert model.num_features == 512 and model.trunk.feature_info[-1]["num_chs"] == 512
     x = torch.randn(2, 3, 64, 64)
     model.set_grad_checkpointing(True)
     model(x).sum().backward()
