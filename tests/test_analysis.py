@@ -120,9 +120,14 @@ def test_wilcoxon_cli_on_prediction_files(tmp_path, capsys):
     ref = stats.wilcoxon(auc_a, auc_b, method="approx", correction=False)
     assert result["auc"].p_value == pytest.approx(float(ref.pvalue))
     assert "| B |" in capsys.readouterr().out
+    write_analysis(good[:30], labels[:30], tmp_path / "c", plots=False)
     with pytest.raises(ToolError, match="same test samples"):
-        write_analysis(good[:30], labels[:30], tmp_path / "c", plots=False)
         wilcoxon.compare_runs(str(tmp_path / "a"), str(tmp_path / "c"))
+    order = torch.randperm(60, generator=gen)  # same test set, another order: per-class values unchanged
+    write_analysis(good[order], labels[order], tmp_path / "d", plots=False)
+    with pytest.warns(UserWarning, match="different orders"):
+        shuffled = wilcoxon.compare_runs(str(tmp_path / "a"), str(tmp_path / "d"))
+    np.testing.assert_allclose(shuffled["auc_b"], auc_b)
 
 
 # ----------------------------------------------------------------------------------------- profile

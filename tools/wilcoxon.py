@@ -2,7 +2,7 @@
 
 Each run is a predictions file written by :class:`lightning_modules.analysis.TestAnalysis`
 (``predictions.pt`` with ``logits`` (N, C) and ``labels`` (N,), or the same keys in ``predictions.npz``).
-Both runs must be evaluated on the same test set.
+Both runs must be evaluated on the same test set (same per-class sample counts; the order may differ).
 
 Per class ``c`` (one-vs-rest, on softmax probabilities): ROC AUC and average precision (AP, the step-wise
 area under the precision-recall curve, ``sum_n (R_n - R_{n-1}) P_n``, as scikit-learn and torchmetrics
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -112,12 +113,19 @@ def compare_runs(
     """Per-class AUC/AP of two prediction files and the signed-rank test on each metric."""
     logits_a, labels_a = load_predictions(path_a)
     logits_b, labels_b = load_predictions(path_b)
-    if labels_a.shape != labels_b.shape or not torch.equal(labels_a.long(), labels_b.long()):
-        raise ToolError(
-            f"'{path_a}' and '{path_b}' were not evaluated on the same test samples in the same order "
-            "(their labels differ); the test needs paired per-class values from one test set"
-        )
     num_classes = max(logits_a.shape[1], logits_b.shape[1])
+    counts_a = torch.bincount(labels_a.long(), minlength=num_classes)
+    counts_b = torch.bincount(labels_b.long(), minlength=num_classes)
+    if not torch.equal(counts_a, counts_b):
+        raise ToolError(
+            f"'{path_a}' and '{path_b}' were not evaluated on the same test samples (their per-class sample "
+            "counts differ); the test needs paired per-class values from one test set"
+        )
+    if not torch.equal(labels_a.long(), labels_b.long()):
+        warnings.warn(
+            "the two runs list their test samples in different orders; per-class AUC/AP do not depend on it",
+            stacklevel=2,
+        )
     auc_a, ap_a = per_class_auc_ap(logits_a, labels_a, num_classes)
     auc_b, ap_b = per_class_auc_ap(logits_b, labels_b, num_classes)
     return {
