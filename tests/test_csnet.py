@@ -7,11 +7,14 @@ docstring's equations; model tests check the timm contract of every registered C
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import yaml
 
 import backbones  # noqa: F401  (registers the models)
 from backbones.csnet import CSNet
@@ -297,3 +300,54 @@ def test_channels_last_input_matches() -> None:
         ref = model(x)
         out = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_full_model_overfits_a_tiny_batch() -> None:
+    """The whole path (trunk, both attentions, fusion, head) trains: loss on 4 images falls well below chance."""
+    torch.manual_seed(0)
+    model = timm.create_model("csnet101", trunk="resnet18", num_classes=4, fusion_dim=32).train()
+    x, y = torch.randn(4, 3, 64, 64), torch.arange(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(12):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * math.log(4), losses
+    assert model.cs.channel.gamma.abs().item() > 0 and model.cs.spatial.gamma.abs().item() > 0
+
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("csnet*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_files(path: Path) -> None:
+    """Each YAML names a registered variant, its 10x group is exactly the new layers, schedule = epochs."""
+    text = path.read_text()
+    cfg = yaml.safe_load(text)
+    args = cfg["model"]["init_args"]
+    assert "ours" in text.lower() and args["pretrained"] is None and "pretrained" in text
+    with torch.device("meta"):
+        model = timm.create_model(args["backbone"], num_classes=200, **args.get("backbone_kwargs", {}))
+    (group,) = args["param_groups"]
+    fast = {n for n, _ in model.named_parameters() if re.match(group["pattern"], f"backbone.{n}")}
+    assert fast == {n for n, _ in model.named_parameters() if not n.startswith("trunk.")}
+    assert group["lr_mult"] == 10.0 and args["optimizer"]["init_args"]["lr"] == 1e-3
+    assert args["lr_scheduler"]["init_args"]["T_max"] == cfg["trainer"]["max_epochs"]
+    data = cfg["data"]["init_args"]
+    assert (data["image_size"], data["resize_size"], data["train_crop"]) == (448, 512, "random")
+    dataset = path.stem.split("_")[1]
+    assert cfg["data"]["class_path"] == {"cub": "datamodules.CUB200DataModule",
+                                         "cars": "datamodules.StanfordCarsDataModule",
+                                         "aircraft": "datamodules.FGVCAircraftDataModule"}[dataset]
+    row = path.stem.split("_")[2] if path.stem.count("_") == 2 else "full"
+    assert args["backbone"] == path.stem.split("_")[0] + ("" if row == "full" else f"_{row}")
+
+
+def test_every_ablation_row_has_a_file_per_dataset() -> None:
+    names = {p.stem for p in EXPERIMENTS}
+    for dataset in ("cub", "cars", "aircraft"):
+        for row in ("", "_base", "_low", "_channel", "_spatial", "_both"):
+            assert f"csnet101_{dataset}{row}" in names
