@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 import torch
 from timm.layers import resample_abs_pos_embed, trunc_normal_
-from timm.models import register_model
+from timm.models import checkpoint_seq, register_model
 from timm.models.resnet import Bottleneck, ResNet
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -170,6 +170,7 @@ class TokenFusion(nn.Module):
         self.embed_dim = embed_dim
         self.drop_rate = drop_rate
         self.num_prefix_tokens = 1 if class_token else 0
+        self.grad_checkpointing = False
         block_kwargs = dict(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                             attn_drop=attn_drop_rate, proj_drop=proj_drop_rate)
 
@@ -272,8 +273,8 @@ class TokenFusion(nn.Module):
         if index == 0:
             return t.act1(t.bn1(t.conv1(x)))
         if index == 1:
-            return t.layer1(t.maxpool(x))
-        return getattr(t, f"layer{index}")(x)
+            x = t.maxpool(x)
+        return self._run_blocks(getattr(t, f"layer{index}"), x)
 
     def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The ResNet stage maps this method uses (strides 2, 4, 8, 16, 32)."""
@@ -292,6 +293,12 @@ class TokenFusion(nn.Module):
             )
 
     # ------------------------------------------------------------------ forward
+    def _run_blocks(self, blocks: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Run a block sequence (transformer blocks or ResNet bottlenecks), checkpointed if enabled."""
+        if self.grad_checkpointing and self.training and isinstance(blocks, nn.Sequential) and len(blocks):
+            return checkpoint_seq(blocks, x)
+        return blocks(x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Fused tokens (B, N, C): C = 2D for late concatenation, D otherwise."""
         self._check_input(x)
@@ -303,12 +310,12 @@ class TokenFusion(nn.Module):
 
     def _forward_late(self, x: torch.Tensor) -> torch.Tensor:
         vit, grid = self.patch_tokens(x)
-        vit = self.vit_blocks(vit)
+        vit = self._run_blocks(self.vit_blocks, vit)
         fmap = self.stage_maps(x)[-1]
         cnn_grid = tuple(fmap.shape[-2:])
         pos = resample_abs_pos_embed(self.cnn_pos_embed, new_size=list(cnn_grid), old_size=list(self.cnn_grid),
                                      num_prefix_tokens=0)
-        cnn = self.cnn_blocks(self.cnn_embed(map_to_tokens(fmap)) + pos)
+        cnn = self._run_blocks(self.cnn_blocks, self.cnn_embed(map_to_tokens(fmap)) + pos)
         vit_map, cnn_map = tokens_to_map(vit, grid), tokens_to_map(cnn, cnn_grid)
         if self.late_coarse == "cnn":
             return self.late_fusion(vit_map, cnn_map)
@@ -319,16 +326,16 @@ class TokenFusion(nn.Module):
         bridged = [bridge(maps[i]) for bridge, i in zip(self.bridges, self.bridge_stage_ids)]
         unified = torch.cat([x, *bridged], dim=1)  # B, 3 + 3 * bridges, H, W
         tokens, _ = self.patch_tokens(unified)
-        return self.blocks(tokens)
+        return self._run_blocks(self.blocks, tokens)
 
     def _forward_layer(self, x: torch.Tensor) -> torch.Tensor:
         tokens, grid = self.patch_tokens(x)
         fmap = x
         for i in range(5):  # one mixing block per ResNet stage
             fmap = self._stage(i, fmap)
-            tokens = self.mixing_blocks[i](tokens)
+            tokens = self._run_blocks(self.mixing_blocks[i], tokens)
             tokens = self.mixing_fusions[i](tokens, self.stage_tokens[i](fmap, grid))
-        return self.final_blocks(tokens)
+        return self._run_blocks(self.final_blocks, tokens)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool the tokens (Fig. 5), dropout, classify; ``pre_logits`` returns the pooled vector."""
@@ -353,6 +360,11 @@ class TokenFusion(nn.Module):
         else:
             self.head.reset(num_classes)
         self.head.to(device=param.device, dtype=param.dtype)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute transformer blocks (and ResNet stages) in the backward pass to save memory."""
+        self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -132,7 +132,9 @@ def test_stage_maps_and_alignment() -> None:
     assert [m.shape[1] for m in maps] == list(model.stage_channels)
     for fmap, coupler in zip(maps, model.stage_tokens):
         assert coupler(fmap, (4, 4)).shape == (1, 16, 32)
-    assert TokenFusion(method="layer", embed_dim=32, num_heads=2).stage_channels == (64, 256, 512, 1024, 2048)
+    with torch.device("meta"):
+        full = TokenFusion(method="layer", embed_dim=32, num_heads=2)
+    assert full.stage_channels == (64, 256, 512, 1024, 2048)
 
 
 def test_feature_map_tokens_pool_and_copy() -> None:
@@ -224,21 +226,74 @@ def test_pretrained_flag_is_a_clear_error() -> None:
         timm.create_model("tokenfusion_layer", pretrained=True, **TINY)
 
 
-@pytest.mark.parametrize("method", ["layer", "late"])
-def test_plain_resnet101_state_dict_loads_into_trunk(tmp_path, method: str) -> None:
+def test_plain_resnet101_state_dict_loads_into_trunk(tmp_path) -> None:
     """A timm resnet101 state dict (same key names as torchvision) initialises the trunk exactly."""
     torch.manual_seed(0)
-    resnet = timm.create_model("resnet101", pretrained=False)
-    state = {k: v for k, v in resnet.state_dict().items()}
+    state = timm.create_model("resnet101", pretrained=False).state_dict()
     path = tmp_path / "resnet101.pth"
     torch.save(state, path)
-    kwargs = {"late_stage": 3} if method == "late" else {}
-    model = TokenFusion(method=method, embed_dim=32, num_heads=2, **kwargs)
+    model = TokenFusion(method="layer", embed_dim=32, num_heads=2)
     report = load_pretrained(model, path)
     trunk = model.trunk.state_dict()
+    assert len(trunk) == len(state) - 2  # everything but fc.weight / fc.bias
     for key, value in trunk.items():
         assert torch.equal(value, state[key]), key
-    assert "trunk.fc.weight" in report.unexpected  # the 1000-class ResNet classifier is dropped
+    assert sorted(report.unexpected) == ["trunk.fc.bias", "trunk.fc.weight"]  # the 1000-class classifier
     assert not any(k.startswith("trunk.") for k in report.missing)
-    if method == "late":  # layer4 is not part of a late_stage=3 model
-        assert any(k.startswith("trunk.layer4.") for k in report.unexpected)
+    assert not report.shape_mismatch
+
+
+def test_truncated_late_trunk_has_no_unused_stages() -> None:
+    """A late model reading layer3 drops layer4 (unused parameters would break DDP and waste memory)."""
+    with torch.device("meta"):
+        model = TokenFusion(method="late", late_stage=3, embed_dim=32, num_heads=2)
+    keys = model.trunk.state_dict().keys()
+    assert any(k.startswith("layer3.") for k in keys) and not any(k.startswith("layer4.") for k in keys)
+
+
+@pytest.mark.parametrize("method", ["late", "early", "layer"])
+def test_grad_checkpointing_matches(method: str) -> None:
+    torch.manual_seed(0)
+    model = TokenFusion(method=method, num_classes=3, **TINY)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()  # BN running statistics are not updated twice; the graph is the same
+    ref = model(x)
+    ref.sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model.training = True  # checkpointing is active in training mode only; keep BN in eval
+    for m in model.modules():
+        if isinstance(m, Block):
+            m.train()
+    out = model(x)
+    out.sum().backward()
+    assert torch.allclose(out, ref, atol=1e-5)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[n], atol=1e-5), n
+
+
+def test_experiment_files_cover_tables_1_and_4() -> None:
+    """One YAML per row: Table 1 (3 methods x 3 heads) + Table 4 (6 x 2 + 3); each one's model builds."""
+    from pathlib import Path
+
+    import yaml
+
+    files = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("tokenfusion_*.yaml"))
+    assert len(files) == 9 + 15, [f.name for f in files]
+    rows = set()
+    for path in files:
+        cfg = yaml.safe_load(path.read_text())
+        init = cfg["model"]["init_args"]
+        kwargs = init["backbone_kwargs"]
+        assert path.stem == f"{init['backbone']}_imagenet_{kwargs['head']}"
+        assert cfg["data"]["class_path"] == "datamodules.ImageNetDataModule"
+        data = cfg["data"]["init_args"]
+        assert (data["image_size"], data["resize_size"], data["train_crop"]) == (224, 256, "center")
+        assert (data["hflip"], data["vflip"], data["rotation"]) == (0.5, 0.5, 15)
+        assert (cfg["trainer"]["devices"], cfg["trainer"]["strategy"]) == (2, "ddp")
+        # narrow widths keep this fast (on CPU: meta-device init is slower for small models)
+        model = timm.create_model(init["backbone"], num_classes=1000, **{**kwargs, **TINY})
+        assert model.global_pool == kwargs["head"]
+        rows.add((init["backbone"], kwargs["head"]))
+    assert len(rows) == 24
