@@ -545,6 +545,13 @@ def test_report_wilcoxon_cells_from_predictions(tmp_path):
     assert cell[("III", "Baseline vs. +CA", "auc_r_plus")].ours == ""
 
 
+def test_report_complexity_cell_from_model_spec(tmp_path):
+    # TokenFusion Table 2 reference row: ResNet-50, 25.6 M parameters (1000 classes, 224x224)
+    cell = report.Cell("2", "ResNet-50", "imagenet", "params_m", "25.6")
+    report._fill_complexity(cell, ["model:resnet50:1000:224"], tmp_path, "params_m", False, "cpu", {})
+    assert (cell.ours, cell.origin) == ("25.557", "profile")
+
+
 @pytest.mark.parametrize("paper", sorted(report.PAPERS))
 def test_published_files_are_complete(paper):
     rows = report.read_published(paper)
