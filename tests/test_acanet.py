@@ -326,3 +326,17 @@ def test_unknown_option_message() -> None:
         ACANet(downsample="maxpool")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no downloadable weights"):
         timm.create_model("acanet18", pretrained=True)
+
+
+def test_grad_checkpointing_and_channels_last_match() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("acanet18", num_classes=4)
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model = model.to(memory_format=torch.channels_last)
+    model(x.contiguous(memory_format=torch.channels_last)).sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-3, atol=1e-4, msg=name)
