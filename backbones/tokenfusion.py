@@ -189,7 +189,7 @@ class TokenFusion(nn.Module):
 
         grid = (img_size // patch_size, img_size // patch_size)
         if method == "late":
-            self._build_late(img_size, in_chans, patch_size, grid, late_stage, late_vit_depth, late_cnn_depth,
+            self._build_late(img_size, in_chans, patch_size, late_stage, late_vit_depth, late_cnn_depth,
                              late_upsample, late_merge, drop_path_rate, block_kwargs)
         elif method == "early":
             self._build_early(img_size, in_chans, patch_size, early_depth, bridge_upsample, bridge_stages,
@@ -209,7 +209,7 @@ class TokenFusion(nn.Module):
                 module.apply(_init_transformer_weights)
 
     # ------------------------------------------------------------------ construction
-    def _build_late(self, img_size: int, in_chans: int, patch_size: int, grid: tuple[int, int], stage: int,
+    def _build_late(self, img_size: int, in_chans: int, patch_size: int, stage: int,
                     vit_depth: int, cnn_depth: int, upsample: Upsample, merge: Merge, drop_path_rate: float,
                     block_kwargs: dict[str, Any]) -> None:
         stride = STAGE_STRIDES[stage]
