@@ -83,6 +83,17 @@ def test_resnet_state_dict_loads_into_csnet_trunk(model_name: str, ckpt: str,
     assert "head.fc.weight" in report.missing
 
 
+def test_wrong_depth_is_reported_as_missing_trunk_blocks(checkpoints: _Checkpoints) -> None:
+    """ResNet-50 weights into CS-Net-101: same stage widths, so everything but layer3.6-22 loads and the report
+    names exactly those blocks as missing (the loader does not refuse a partial trunk; the log says so)."""
+    model = timm.create_model("csnet101", num_classes=10)
+    report = load_pretrained(model, checkpoints["resnet50"])
+    missing_trunk = {k.split(".")[2] for k in report.missing if k.startswith("trunk.")}
+    assert {k.split(".")[1] for k in report.missing if k.startswith("trunk.")} == {"layer3"}
+    assert missing_trunk == {str(i) for i in range(6, 23)}
+    assert "trunk.layer3.6.conv1.weight" in report.summary(limit=1000)
+
+
 def test_csnet_base_with_resnet_weights_is_resnet(checkpoints: _Checkpoints) -> None:
     """The baseline ablation loaded with ResNet weights computes exactly the ResNet's features."""
     model = timm.create_model("csnet50_base", num_classes=10).eval()
