@@ -202,3 +202,20 @@ def test_resnet_weights_load_into_other_paper_trunks(model_name: str, ckpt: str,
         assert torch.equal(own[key], mapped[key]), key
     for source in (next(iter(state)), "layer1.0.conv1.weight"):
         assert any(torch.equal(own[k], state[source]) for k in report.loaded), f"{source} not loaded"
+
+
+def test_pretrained_true_asks_timm_for_hub_trunk_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pretrained=True`` (internet only) builds the trunk with timm's hub weights; nothing is downloaded here."""
+    import backbones.csnet as csnet
+
+    calls: list[tuple[str, object]] = []
+    real = timm.create_model
+
+    def fake_create_model(name: str, pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
+        calls.append((name, pretrained))
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(csnet.timm, "create_model", fake_create_model)
+    csnet.csnet50(pretrained=True, num_classes=3)
+    csnet.csnet50_base(pretrained=False, num_classes=3)
+    assert calls == [("resnet50", True), ("resnet50", False)]
