@@ -260,8 +260,15 @@ def list_images(directory: Path, dataset: str, recursive: bool = True) -> list[s
     Raises:
         DatasetLayoutError: the folder holds no image file (an empty class folder).
     """
-    pattern = directory.rglob("*") if recursive else directory.iterdir()
-    files = sorted(str(p) for p in pattern if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+    # os.walk / os.scandir read the file type from the directory entry: no stat() per file, which matters on
+    # ImageNet-sized folders and network file systems. Symlinked folders are followed (as torchvision does).
+    if recursive:
+        found = (os.path.join(dirpath, name) for dirpath, _, names in os.walk(directory, followlinks=True)
+                 for name in names)
+    else:
+        with os.scandir(directory) as entries:
+            found = [entry.path for entry in entries if entry.is_file()]
+    files = sorted(f for f in found if is_image_file(f) and not os.path.basename(f).startswith("."))
     if not files:
         raise DatasetLayoutError(
             dataset, directory, detail=f"class folder holds no image file (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
