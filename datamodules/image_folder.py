@@ -21,10 +21,12 @@ disk (an explicit value must match).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,39 +50,56 @@ def _subdirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
 
 
-def extract_zip(archive: Path, cache_dir: Path) -> Path:
-    """Extract ``archive`` into ``cache_dir`` once (atomically) and return ``cache_dir``.
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (POSIX ``flock``; a no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
-    A marker file records the archive's size and modification time; a changed archive is re-extracted.
+
+def extract_zip(archive: Path, cache_dir: Path) -> Path:
+    """Extract ``archive`` into ``cache_dir`` once and return ``cache_dir``.
+
+    A marker file records the archive's path, size and modification time; a changed archive is
+    re-extracted. The archive is extracted into a temporary sibling folder that is then renamed into place,
+    under a lock file, so concurrent processes (DDP ranks, parallel jobs) neither see half an archive nor
+    replace an extraction another process is reading.
     """
     marker_text = f"{archive.resolve()} {archive.stat().st_size} {archive.stat().st_mtime_ns}\n"
     marker = cache_dir / ".paperbench_source"
-    if marker.is_file() and marker.read_text() == marker_text:
+
+    def fresh() -> bool:
+        return marker.is_file() and marker.read_text() == marker_text
+
+    if fresh():
         return cache_dir
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)  # zipfile strips absolute paths and '..' components
-        (tmp / ".paperbench_source").write_text(marker_text)
-        if cache_dir.exists():
-            # Stale extraction of an older archive: move it aside, then swap the new one in.
-            stale = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.stale-", dir=cache_dir.parent))
-            try:
-                os.replace(cache_dir, stale / "old")
-            except OSError:
-                pass
-            shutil.rmtree(stale, ignore_errors=True)
+    with _file_lock(cache_dir.parent / f".{cache_dir.name}.lock"):
+        if fresh():  # another process extracted it while we waited for the lock
+            return cache_dir
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
         try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)  # zipfile strips absolute paths and '..' components
+            (tmp / ".paperbench_source").write_text(marker_text)
+            if cache_dir.exists():  # an extraction of an older archive: move it aside, swap the new one in
+                stale = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.stale-", dir=cache_dir.parent))
+                os.replace(cache_dir, stale / "old")
+                shutil.rmtree(stale, ignore_errors=True)
             os.replace(tmp, cache_dir)
-        except OSError:
-            # Another process finished first; its extraction is identical.
-            if not (marker.is_file() and marker.read_text() == marker_text):
-                raise
-    except zipfile.BadZipFile as err:
-        raise DatasetLayoutError("ImageFolder", archive, detail=f"not a valid zip archive ({err})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        except zipfile.BadZipFile as err:
+            raise DatasetLayoutError("ImageFolder", archive, detail=f"not a valid zip archive ({err})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return cache_dir
 
 

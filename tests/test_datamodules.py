@@ -645,3 +645,27 @@ def test_download_only_where_torchvision_can(tmp_path, monkeypatch):
     assert calls == []  # already on disk: nothing fetched
     CIFAR10DataModule(root=str(tmp_path / "empty"), download=True).prepare_data()
     assert calls == [(str(tmp_path / "empty"), True)] and (tmp_path / "empty").is_dir()
+
+
+def _extract_in_child(args: tuple[str, str]) -> list[str]:
+    from datamodules.image_folder import extract_zip
+
+    out = extract_zip(Path(args[0]), Path(args[1]))
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*.jpg"))
+
+
+def test_concurrent_zip_extraction_is_safe(tmp_path):
+    """Several processes (DDP ranks) extracting the same archive at once all see one complete copy."""
+    import multiprocessing
+
+    archive = tmp_path / "shared.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(60):
+            buffer = io.BytesIO()
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(buffer, "JPEG")
+            zf.writestr(f"data/c{i % 3}/{i}.jpg", buffer.getvalue())
+    cache = tmp_path / "cache" / "shared"
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        results = pool.map(_extract_in_child, [(str(archive), str(cache))] * 3)
+    assert all(r == results[0] for r in results) and len(results[0]) == 60
+    assert sorted(p.name for p in cache.parent.iterdir()) == [".shared.lock", "shared"]
