@@ -360,6 +360,7 @@ def test_test_analysis_callback_with_wandb_offline(tmp_path):
     assert torch.equal(saved["labels"], data.tensors[1])
     assert torch.allclose(saved["logits"], model(data.tensors[0]).detach())
     assert (tmp_path / "run" / "analysis" / "roc_curves.png").is_file()
+    logger.log_metrics({"test/acc1": 0.625})
     logger.experiment.finish()
     import wandb
 
@@ -367,6 +368,9 @@ def test_test_analysis_callback_with_wandb_offline(tmp_path):
     wandb_file = next(tmp_path.rglob("run-*.wandb"))
     _, _, name = report.read_wandb_file(wandb_file)
     assert name == "tiny"
+    (run,) = [r for r in report.find_runs([tmp_path]) if r.source == "wandb"]  # what tools.report reads
+    assert run.names[0] == "tiny" and run.metrics["test/acc1"] == 0.625
+    assert run.predictions is None or run.predictions.name == "predictions.pt"
     logged = wandb_file.read_bytes()
     for key in (
         "test/per_class_table",

@@ -124,7 +124,9 @@ def read_wandb_file(path: Path) -> tuple[dict[str, float], dict[str, Any], str |
 
     def take(items: Iterable[Any], into: dict[str, Any], numbers: bool) -> None:
         for item in items:
-            if numbers and not item.key:  # nested keys are media metadata (image sizes), not metrics
+            # wandb >= 0.2x sends a plain key as a one-element nested_key; longer paths are media
+            # metadata (an image's size under "test/roc_curves" -> "size"), not metrics
+            if numbers and len(item.nested_key) > 1:
                 continue
             key = item.key or "/".join(item.nested_key)
             try:
