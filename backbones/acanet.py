@@ -291,8 +291,10 @@ class ACANet(nn.Module):
         """Map a timm/torchvision ResNet-18 state dict onto this model.
 
         A plain ``layerX.Y.conv1`` / ``bn1`` goes into the square branch of that block's ACCB (the
-        asymmetric branches keep their init); everything else keeps its name (shape mismatches such as
-        the 2x2 patchify shortcuts or the classifier are skipped by the loader).
+        asymmetric branches keep their init). A 1x1 stride-2 shortcut kernel becomes the 2x2 patchify
+        kernel with the 1x1 weights at the top-left tap and zeros elsewhere - the same function, since a
+        1x1 stride-2 conv reads exactly the top-left pixel of every 2x2 patch. The stem's patchify conv has
+        no ResNet counterpart and keeps its init; the classifier is skipped by the loader for its shape.
         """
         own = self.state_dict()
         mapped: dict[str, Tensor] = {}
@@ -304,6 +306,14 @@ class ACANet(nn.Module):
                     new_key = ".".join(parts[:2] + ["conv1", "square_conv", parts[3]])
                 elif len(parts) == 4 and parts[2] == "bn1":
                     new_key = ".".join(parts[:2] + ["conv1", "square_bn", parts[3]])
+            target = own.get(new_key)
+            if (
+                target is not None
+                and new_key.endswith("downsample.0.weight")
+                and value.shape[-2:] == (1, 1)
+                and target.shape == (*value.shape[:2], 2, 2)
+            ):
+                value = torch.nn.functional.pad(value, (0, 1, 0, 1))  # 1x1 tap at the top-left of 2x2
             mapped[new_key] = value
         return mapped
 

@@ -223,6 +223,12 @@ def test_pretrained_resnet_weights_map_into_accb(tmp_path) -> None:
     torch.testing.assert_close(model.layer2[1].conv1.square_conv.weight, resnet.layer2[1].conv1.weight)
     torch.testing.assert_close(model.layer3[0].conv1.square_bn.running_var, resnet.layer3[0].bn1.running_var)
     assert any(k.startswith("fc.weight") for k in report.shape_mismatch)
+    # 1x1/2 shortcut -> 2x2/2 patchify kernel with the weights at the top-left tap: the same function
+    resnet.eval()
+    model.eval()
+    x = torch.randn(1, 64, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(model.layer2[0].downsample(x), resnet.layer2[0].downsample(x))
 
 
 # ----- FCSA ---------------------------------------------------------------------------------------------
