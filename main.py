@@ -65,7 +65,13 @@ class PaperCLI(LightningCLI):
         cfg.trainer.default_root_dir = str(run_dir)
         configure_loggers(cfg, run_dir, name, resuming=bool(cfg.get("ckpt_path")))
         configure_checkpoints(cfg, run_dir)
-        if self.subcommand == "fit":
+        if cfg.trainer.get("fast_dev_run"):
+            # a smoke run: keep no checkpoints (Lightning would still write last.ckpt) and never block on them
+            cfg.trainer.callbacks = [
+                cb for cb in cfg.trainer.get("callbacks") or []
+                if not str(cb.get("class_path", "")).endswith("ModelCheckpoint")
+            ]
+        elif self.subcommand == "fit":
             refuse_to_overwrite(cfg, run_dir)
         if cfg.trainer.get("sync_batchnorm") and not _cuda_requested(cfg):
             log.warning("sync_batchnorm needs GPUs; disabled for this CPU run")

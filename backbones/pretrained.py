@@ -85,7 +85,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"'{path}' holds no state dict of tensors (top-level type {type(obj).__name__}). "
             "Expected model.state_dict() or a checkpoint with a 'state_dict' entry."
         )
-    return {_strip(k): v for k, v in obj.items()}
+    return obj
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
@@ -101,15 +101,14 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     Raises:
         PretrainedLoadError: the file is missing/unreadable, or none of its keys fit the model.
     """
-    state = read_state_dict(path)
+    own = model.state_dict()
+    state = _strip_wrappers(read_state_dict(path), own)
     if hasattr(model, "pretrained_key_map"):
         state = model.pretrained_key_map(state)
     elif getattr(model, "pretrained_trunk_prefix", ""):
         prefix = model.pretrained_trunk_prefix
-        own = model.state_dict()
         state = {(k if k in own else prefix + k): v for k, v in state.items()}
 
-    own = model.state_dict()
     report = LoadReport(path=os.fspath(path))
     usable = {}
     for key, value in state.items():
@@ -125,22 +124,58 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
             f"{list(state)[:3]}, model keys like {list(own)[:3]}. Is this checkpoint for another "
             "architecture? For a paper model, pass weights of its trunk (e.g. a resnet101 state_dict)."
         )
+    head = _classifier_keys(model)
+    wrong_shape = [k for k in report.shape_mismatch if k.split(" ")[0] not in head]
+    if wrong_shape and len(wrong_shape) > 0.25 * (len(wrong_shape) + len(usable)):
+        raise PretrainedLoadError(
+            f"'{path}' does not fit {type(model).__name__}: {len(wrong_shape)} tensors outside the classifier have "
+            f"other shapes ({', '.join(wrong_shape[:3])}, ...). These are weights of another architecture or depth "
+            "(e.g. resnet18 weights for a resnet50 trunk); use the trunk's own weights."
+        )
+    if wrong_shape:  # a few modified layers (e.g. MSF-CA's wider conv3) keep their initialisation
+        log.warning(f"pretrained '{path}': {len(wrong_shape)} tensors skipped for shape: {wrong_shape[:4]}")
     model.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)
     report.missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
+    prefix = getattr(model, "pretrained_trunk_prefix", "")
+    trunk_missing = [k for k in report.missing if prefix and k.startswith(prefix) and k not in head]
+    if trunk_missing:
+        log.warning(
+            f"pretrained '{path}': {len(trunk_missing)} trunk tensors of {type(model).__name__} are NOT in the file "
+            f"and stay randomly initialised (e.g. {trunk_missing[:3]}): is this a shallower network's checkpoint?"
+        )
     log.info(report.summary())
     return report
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the model's classifier (skipped on shape mismatch: another class count)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        return {k for k in model.state_dict() if k.split(".")[0] in {"fc", "head", "classifier"}}
+    ids = {id(t) for t in head.state_dict(keep_vars=True).values()}
+    return {k for k, t in model.state_dict(keep_vars=True).items() if id(t) in ids}
 
 
 def _is_tensor_dict(obj: dict) -> bool:
     return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _strip(key: str) -> str:
+def _strip_wrappers(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (``module.`` from DDP, ``backbone.`` from this project's Lightning checkpoints,
+    ``_orig_mod.`` from torch.compile, ``model.``) as long as that makes more keys match the model."""
+    best = state
     changed = True
     while changed:
         changed = False
         for prefix in _STRIP_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
+            if best and all(k.startswith(prefix) for k in best):
+                stripped = {k[len(prefix):]: v for k, v in best.items()}
+                if sum(k in own for k in stripped) >= sum(k in own for k in best):
+                    best, changed = stripped, True
+            elif any(k.startswith(prefix) for k in best) and prefix in ("backbone.",):
+                # a Lightning checkpoint also holds loss./metric entries: keep only the backbone's
+                stripped = {k[len(prefix):]: v for k, v in best.items() if k.startswith(prefix)}
+                if sum(k in own for k in stripped) > sum(k in own for k in best):
+                    best, changed = stripped, True
+    return best

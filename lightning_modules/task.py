@@ -171,8 +171,9 @@ class ClassificationTask(LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss_epoch", self.train_loss.compute())
-        self.log_dict(self.train_acc.compute())
+        # values are already reduced across ranks by torchmetrics; sync_dist only keeps Lightning from warning
+        self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
+        self.log_dict(self.train_acc.compute(), sync_dist=True)
         self.train_loss.reset()
         self.train_acc.reset()
 
@@ -209,15 +210,15 @@ class ClassificationTask(LightningModule):
             self.val_acc1_best.update(values["val/acc1"])
             values["val/acc1_best"] = self.val_acc1_best.compute()
         acc1 = values.pop("val/acc1")
-        self.log("val/acc1", acc1, prog_bar=True)
-        self.log_dict(values)
+        self.log("val/acc1", acc1, prog_bar=True, sync_dist=True)
+        self.log_dict(values, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()
         values["test/loss"] = self.test_loss.compute()
         self.test_metrics.reset()
         self.test_loss.reset()
-        self.log_dict(values)
+        self.log_dict(values, sync_dist=True)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, with one clear message, a checkpoint of another backbone or another class count."""
