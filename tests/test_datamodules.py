@@ -669,3 +669,19 @@ def test_concurrent_zip_extraction_is_safe(tmp_path):
         results = pool.map(_extract_in_child, [(str(archive), str(cache))] * 3)
     assert all(r == results[0] for r in results) and len(results[0]) == 60
     assert sorted(p.name for p in cache.parent.iterdir()) == [".shared.lock", "shared"]
+
+
+@pytest.mark.slow
+def test_real_cifar10_jpegs_from_zip_are_learnable(tmp_path):
+    """End to end on real photos: the mini archive through ImageFolderDataModule trains above chance (10%)."""
+    archive = SHARED_DATA / "cifar10-mini.zip"
+    if not archive.is_file():
+        pytest.skip(f"{archive} not present")
+    torch.manual_seed(0)
+    dm = ImageFolderDataModule(root=str(archive), cache_dir=str(tmp_path / "cache"), split_ratios=(0.8, 0.2),
+                               image_size=32, resize_size=32, train_crop="random", crop_padding=4,
+                               mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+                               batch_size=32, num_workers=0)
+    trainer = quiet_trainer(max_epochs=6, num_sanity_val_steps=0)
+    trainer.fit(TinyClassifier(dm.num_classes), datamodule=dm)
+    assert trainer.callback_metrics["val/acc1"] > 0.25
