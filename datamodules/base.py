@@ -286,8 +286,8 @@ class ClassificationDataModule(L.LightningDataModule):
         image_size: side of the square network input.
         resize_size: shorter side the image is resized to before the centre crop at evaluation (and before
             the random crop when ``train_crop="random"`` / ``"center"``); ``None`` means
-            ``round(image_size / 0.875)`` (the ImageNet 256 -> 224 convention; 1.0 for low-resolution
-            datasets whose images already have the input size).
+            ``round(image_size / 0.875)`` (the ImageNet 256 -> 224 convention), or ``image_size`` for the
+            low-resolution datasets (CIFAR, Tiny ImageNet, Digits) whose images already have the input size.
         train_crop: training crop: ``random_resized`` (RandomResizedCrop with ``scale``), ``random``
             (resize to ``resize_size`` then RandomCrop with ``crop_padding``), ``center`` (resize then
             CenterCrop, no random crop), ``resize`` (resize the whole image to ``image_size`` squared; the
@@ -349,6 +349,11 @@ class ClassificationDataModule(L.LightningDataModule):
             raise DataConfigError(f"image_size must be >= 1, got {image_size}")
         if train_crop not in ("random_resized", "random", "center", "resize"):
             raise DataConfigError(f"train_crop must be random_resized|random|center|resize, got {train_crop!r}")
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise DataConfigError(f"scale must satisfy 0 < min <= max <= 1, got {list(scale)}")
+        for name, p in (("hflip", hflip), ("vflip", vflip)):
+            if not 0 <= p <= 1:
+                raise DataConfigError(f"{name} is a probability in [0, 1], got {p}")
         if on_bad_image not in ("error", "skip"):
             raise DataConfigError(f"on_bad_image must be error|skip, got {on_bad_image!r}")
         if download and self.torchvision_download is None:

@@ -321,6 +321,10 @@ def test_cifar_defaults_and_larger_image_size():
 def test_invalid_choices_are_rejected():
     with pytest.raises(DataConfigError, match="train_crop"):
         ClassificationDataModule(train_crop="bogus")  # type: ignore[arg-type]
+    with pytest.raises(DataConfigError, match="scale"):
+        ClassificationDataModule(scale=(0.9, 0.2))
+    with pytest.raises(DataConfigError, match="hflip"):
+        ClassificationDataModule(hflip=1.5)
     with pytest.raises(ValueError, match="on_bad_image"):
         ClassificationDataModule(on_bad_image="ignore")  # type: ignore[arg-type]
 
