@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,9 @@ from benchmarks.harness import (
     markdown_table,
     peak_memory,
     ratio,
+    saved_activation_bytes,
     synchronize,
+    top_ops,
     train_step_flops,
     update_results,
 )
@@ -152,19 +155,20 @@ def _row_figures(r: Runner, train_s: float, infer_s: float, flops_step: int, pea
 
 
 def models_table(device: torch.device, quick: bool, names: list[str], reps: int | None,
-                 size: int | None, batch: int | None) -> tuple[str, list[dict[str, Any]]]:
+                 size: int | None, batch: int | None, profile: bool = True) -> tuple[str, list[dict[str, Any]]]:
     cuda = device.type == "cuda"
     reps = reps or (2 if not cuda else 10) if quick else reps or (3 if not cuda else 20)
     peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if cuda else None
     flops_cache: dict[tuple[str, int], int] = {}
     rows, records = [], []
+    profiles: list[str] = []
     for name in names:
         s = Setting(device, size or (FULL_SIZE.get(name, 224) if cuda else 64),
                     batch or (CUDA_BATCH.get(name, 128) if cuda else 2), amp=cuda, channels_last=cuda)
         try:
             model_runner = Runner(name, s)
         except Exception as err:  # noqa: BLE001 - report and go on with the other models
-            rows.append([name, f"error: {type(err).__name__}: {str(err)[:80]}"] + ["-"] * 10)
+            rows.append([name, f"error: {type(err).__name__}: {str(err)[:80]}"] + ["-"] * 11)
             continue
         params = sum(p.numel() for p in model_runner.model.parameters()) / 1e6
         fwd = _meta_fwd_flops(name, s.size)
@@ -186,6 +190,14 @@ def models_table(device: torch.device, quick: bool, names: list[str], reps: int 
         with peak_memory(device) as mem:
             model_runner.train_step()
         synchronize(device)
+        mr = model_runner
+        mr.model.train()
+
+        def fwd_loss(mr: Runner = mr) -> Tensor:
+            with mr._autocast():
+                return F.cross_entropy(mr.fn(mr.x), mr.y)
+
+        act_mib = saved_activation_bytes(mr.model, fwd_loss) / 2**20
         fig = _row_figures(model_runner, timings["model-train"].median, timings["model-infer"].median,
                            step_flops["model"], peak)
         eff_train = eff_infer = None
@@ -196,9 +208,13 @@ def models_table(device: torch.device, quick: bool, names: list[str], reps: int 
                 (step_flops["model"] / step_flops["ref"])
             eff_infer = (1 / ratio(timings["model-infer"], timings["ref-infer"])) * (fwd / ref_fwd)
         flag = " **<0.7x**" if eff_train is not None and eff_train < FLAG else ""
+        if flag and profile:
+            ops = top_ops(model_runner.train_step, device)
+            profiles.append(f"- `{name}` ({s.size}px, batch {s.batch}): " + ", ".join(
+                f"`{op}` {pct:.0f}% ({calls} calls)" for op, pct, calls in ops))
         rows.append([
             name, f"{s.size}px b{s.batch}", fmt(params), fmt(fwd / 2e9, 2), fmt(fig["train_img_s"]),
-            fmt(fig["infer_img_s"]), fmt(mem.mib, 0) if mem.mib is not None else "-",
+            fmt(fig["infer_img_s"]), fmt(mem.mib, 0) if cuda and mem.mib is not None else "-", fmt(act_mib, 1),
             fmt(fig["achieved_tflops"] * 1e3, 1),
             f"{fig['mfu'] * 100:.1f}%" if fig["mfu"] is not None else "-",
             ref_name if not is_baseline else "(baseline)",
@@ -210,18 +226,21 @@ def models_table(device: torch.device, quick: bool, names: list[str], reps: int 
         if cuda:
             torch.cuda.empty_cache()
     mode = "bf16 autocast + channels_last, eager" if cuda else "fp32, NCHW, eager"
-    memo = "CUDA max_memory_allocated above the weights/inputs" if cuda else \
-        "CPU: growth of the process's peak RSS during one step (allocator-dependent, indicative only)"
+    memo = ("peak mem: CUDA max_memory_allocated during one training step above what was allocated before it "
+            "(GPU only); saved activations: bytes autograd keeps for backward (weights excluded), any device")
     body = (
         f"{mode}; {NUM_CLASSES} classes; SGD momentum; {reps} interleaved rounds after 1 warm-up, median. "
         "GMACs: forward, per image, FlopCounterMode / 2. Achieved GFLOP/s: training FLOPs (forward + backward, "
-        f"FlopCounterMode) per second. Peak memory: {memo}. MFU: against the GPU's dense bf16 peak (GPU only). "
+        f"FlopCounterMode) per second. Memory: {memo}. MFU: against the GPU's dense bf16 peak (GPU only). "
         "FLOP efficiency: the model's img/s x GFLOPs divided by that of its FLOP-matched ResNet measured in the "
         "same rounds (1.0x = the model turns FLOPs into images as fast as a plain ResNet); < 0.7x flagged.\n\n"
         + markdown_table(["model", "input", "params (M)", "GMACs/img", "train img/s", "infer img/s",
-                          "peak mem (MiB)", "achieved GFLOP/s (train)", "MFU", "FLOP-matched ResNet",
+                          "peak mem (MiB)", "saved activations (MiB)", "achieved GFLOP/s (train)", "MFU", "FLOP-matched ResNet",
                           "FLOP eff. train", "FLOP eff. infer"], rows)
     )
+    if profiles:
+        body += ("\n\nProfile of the flagged models (`torch.profiler`, one training step, top ops by self time on "
+                 f"{device.type}; owners: see the model's docs):\n\n" + "\n".join(profiles))
     return body, records
 
 
@@ -239,7 +258,9 @@ def fast_defaults_table(device: torch.device, quick: bool, compile_cpu: bool, re
     def variant(channels_last: bool = False, amp: bool = False, fused: bool = False, compile_model: bool = False
                 ) -> Runner:
         s = Setting(device, size, batch, amp=amp, channels_last=channels_last)
-        m = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        m = copy.deepcopy(model)  # Module.to(memory_format=...) converts in place: one copy per variant
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
         return Runner("resnet50", s, model=m, fused=fused, compile_model=compile_model)
 
     def with_cudnn_benchmark(r: Runner, on: bool) -> Callable[[], None]:

@@ -301,3 +301,44 @@ def configure_threads(device: torch.device | str, threads: int | None) -> int:
         threads = 1 if torch.device(device).type == "cpu" else torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
+
+
+def saved_activation_bytes(model: nn.Module, step: Callable[[], Tensor]) -> int:
+    """Bytes of the distinct tensors autograd saves for backward during ``step()`` (weights excluded).
+
+    ``step`` runs the forward and returns the loss; the backward is run afterwards to free the graph. A
+    device-independent stand-in for activation memory (the bulk of a training step's peak on any device).
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = step()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def top_ops(fn: Callable[[], Any], device: torch.device | str, limit: int = 5) -> list[tuple[str, float, int]]:
+    """``torch.profiler`` over one call of ``fn``: the ``limit`` ops with the most self time (name, %, calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    cuda = torch.device(device).type == "cuda"
+    events = prof.key_averages()
+
+    def self_time(e: Any) -> float:
+        return float(getattr(e, "self_device_time_total", 0.0) if cuda else e.self_cpu_time_total)
+
+    total = sum(self_time(e) for e in events) or 1.0
+    ranked = sorted(events, key=self_time, reverse=True)[:limit]
+    return [(e.key, 100.0 * self_time(e) / total, int(e.count)) for e in ranked]

@@ -128,8 +128,8 @@ class BatchAugment:
         """Square resize of a batch (bilinear with antialias, like ``v2.Resize``); float result."""
         if x.shape[-1] == size and x.shape[-2] == size:
             return x
-        dtype = self.dtype if self.dtype != torch.bfloat16 or x.is_cuda else torch.float32
-        out = F.interpolate(x.to(dtype), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out = F.interpolate(x.to(torch.float32), size=(size, size), mode="bilinear", align_corners=False,
+                            antialias=True)
         return out.round_().clamp_(0, 255)  # stay on the uint8 grid, like a torchvision resize of a uint8 image
 
     @staticmethod

@@ -254,3 +254,20 @@ def test_yaml_config_wraps_a_datamodule_and_links_num_classes(cifar_args, tmp_pa
     assert isinstance(parsed.datamodule, TensorCacheDataModule)
     assert isinstance(parsed.datamodule.datamodule, CIFAR10DataModule)
     assert parsed.model.hparams.num_classes == 10
+
+
+def test_the_tensor_cache_example_experiment_instantiates(cifar_args, tmp_path, monkeypatch):
+    import main as cli
+
+    monkeypatch.setattr("sys.argv", ["main.py"])
+    config = yaml.safe_load((cli.ROOT / "experiments" / "fast" / "resnet18_cifar10_tensor_cache.yaml").read_text())
+    config["data"]["init_args"]["cache_dir"] = str(tmp_path / "tcache")
+    config["data"]["init_args"]["datamodule"]["init_args"].update(cifar_args, batch_size=4, num_workers=0)
+    path = tmp_path / "example.yaml"
+    path.write_text(yaml.safe_dump(config))
+    built = cli.cli_main(["--config", str(path), "--trainer.logger", "false", "--trainer.callbacks", "[]",
+                          "--trainer.accelerator", "cpu"], run=False)
+    dm = built.datamodule
+    assert isinstance(dm, TensorCacheDataModule) and dm.num_classes == 10 == built.model.hparams.num_classes
+    assert dm.train_augment.padding == 4 and dm.train_augment.mode == "random"
+    assert built.model.hparams.channels_last
