@@ -30,7 +30,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -534,6 +534,7 @@ class ClassificationDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=None if train else _eval_sampler(dataset),
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
@@ -562,3 +563,19 @@ class ClassificationDataModule(L.LightningDataModule):
         """Number of samples in each split (after :meth:`setup`)."""
         return {name: len(ds) for name, ds in  # type: ignore[arg-type]
                 (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)) if ds is not None}
+
+
+def _eval_sampler(dataset: Dataset) -> Sampler | None:
+    """Under DDP, shard evaluation data so that every sample is seen exactly once.
+
+    Lightning would otherwise wrap val/test loaders in a ``DistributedSampler``, which pads the last shard by
+    repeating samples, so metrics would count a few samples twice. Lightning leaves a loader that already
+    has a ``DistributedSampler`` alone; shards may then differ by one batch, which is safe without gradients.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    if torch.distributed.get_world_size() < 2:
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)

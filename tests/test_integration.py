@@ -76,3 +76,31 @@ def test_quickstart_full_demo_reaches_high_accuracy(tmp_path):
     rows = read_run(next((tmp_path / "runs" / "quickstart" / "wandb").glob("offline-run-*/run-*.wandb")))
     logged = {k: v for row in rows["history"] for k, v in row.items()}
     assert logged["test/acc1"] > 0.9
+
+
+def test_ddp_evaluation_sees_every_sample_exactly_once(tmp_path):
+    """2-process DDP test on an odd-sized split (359 images) gives the single-process metrics exactly.
+
+    Lightning's default DistributedSampler would pad the second shard with a repeated sample; the datamodules
+    shard evaluation data without repeats, and torchmetrics reduces across ranks.
+    """
+    common = ["--config", QUICKSTART, "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+              "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--data.init_args.image_size", "16",
+              "--data.init_args.split_ratios", "[0.7, 0.1, 0.2]", "--data.init_args.batch_size", "32"]
+    run_cli("fit", *common, "--name", "fit", "--trainer.max_steps", "3", "--test_after_fit", "false",
+            "--trainer.limit_val_batches", "1", cwd=tmp_path)
+    ckpt = str(tmp_path / "runs" / "fit" / "checkpoints" / "last.ckpt")
+    results = {}
+    for name, devices, strategy in (("single", "1", "auto"), ("ddp", "2", "ddp")):
+        run_cli("test", *common, "--name", name, "--trainer.devices", devices, "--trainer.strategy", strategy,
+                "--ckpt_path", ckpt, cwd=tmp_path)
+        metrics = next((tmp_path / "runs" / name / "logs").glob("version_*/metrics.csv"))
+        row = next(r for r in csv.DictReader(metrics.open()) if r.get("test/acc1"))
+        results[name] = {k: float(v) for k, v in row.items() if k.startswith("test/") and v}
+        predictions = next((tmp_path / "runs" / name).rglob("predictions.npz"))
+        import numpy as np
+
+        assert len(np.load(predictions)["labels"]) == 359
+    assert results["single"].keys() == results["ddp"].keys()
+    for key, value in results["single"].items():
+        assert results["ddp"][key] == pytest.approx(value, abs=1e-5), key
