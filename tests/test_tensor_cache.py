@@ -271,3 +271,66 @@ def test_the_tensor_cache_example_experiment_instantiates(cifar_args, tmp_path, 
     assert isinstance(dm, TensorCacheDataModule) and dm.num_classes == 10 == built.model.hparams.num_classes
     assert dm.train_augment.padding == 4 and dm.train_augment.mode == "random"
     assert built.model.hparams.channels_last
+
+
+DDP_SCRIPT = '''
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, {root!r})
+from datamodules import CIFAR10DataModule  # noqa: E402
+from datamodules.tensor_cache import TensorCacheDataModule  # noqa: E402
+from lightning_modules import ClassificationTask  # noqa: E402
+
+
+class Seen(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # one write() per line: the two ranks share the pipe, and writes below PIPE_BUF are atomic
+        line = f"SEEN {{trainer.global_rank}} {{trainer.current_epoch}} {{' '.join(map(str, batch[1].tolist()))}}\\n"
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    dm = TensorCacheDataModule(CIFAR10DataModule(root={data!r}, batch_size=5, num_workers=0),
+                               cache_dir={cache!r})
+    model = ClassificationTask(backbone="resnet18", num_classes=10, optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[Seen()], default_root_dir={work!r})
+    trainer.fit(model, datamodule=dm)
+    sys.stdout.write(f"DONE {{trainer.global_rank}} {{trainer.global_step}}\\n")
+    sys.stdout.flush()
+'''
+
+
+@pytest.mark.slow
+def test_real_two_process_ddp_fit_shards_every_epoch(cifar_args, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT.format(root=root, data=cifar_args["root"], cache=str(tmp_path / "tcache"),
+                                        work=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen: dict[tuple[int, int], list[int]] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("SEEN "):
+            rank, epoch, *labels = line.split()[1:]
+            seen.setdefault((int(rank), int(epoch)), []).extend(int(v) for v in labels)
+    assert sorted(line.split()[2] for line in proc.stdout.splitlines() if line.startswith("DONE")) == ["4", "4"]
+    inner = CIFAR10DataModule(**cifar_args, num_workers=0)
+    inner.setup("fit")
+    expected = sorted(inner.train_set.labels.tolist())
+    for epoch in (0, 1):
+        assert len(seen[(0, epoch)]) == len(seen[(1, epoch)]) == 10
+        assert sorted(seen[(0, epoch)] + seen[(1, epoch)]) == expected  # every sample once per epoch
+    assert seen[(0, 0)] != seen[(0, 1)]  # a new permutation each epoch
