@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     default_sections = OWN + [s for s, (_, _, default) in EXTERNAL.items() if default]
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="fewer models, steps and rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer models, steps and rounds; a smoke run: prints, does not update RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--sections", default=",".join(default_sections),
                         help=f"comma-separated, from {OWN + list(EXTERNAL)} (default: {','.join(default_sections)})")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on CPU: per-core figures)")
@@ -102,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda but CUDA is not available on this machine")
     device = torch.device(args.device)
     threads = configure_threads(device, args.threads)
-    common = ["--device", args.device, "--threads", str(threads)] + (["--quick"] if args.quick else [])
+    write = not (args.quick or args.no_write)
+    common = ["--device", args.device, "--threads", str(threads)] + (["--quick"] if args.quick else []) \
+        + ([] if write else ["--no-write"])
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     start_wall, start_cpu = time.perf_counter(), time.process_time()
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = run_external(section, args.device, args.quick)
                 if out is None:
                     status = "skipped (module absent)"
-                else:
+                elif write:
                     update_results(f"{section}-{args.device}", f"{section} (helper benchmark, {args.device})",
                                    out, machine_info(device))
         except Exception:  # noqa: BLE001 - one broken section must not lose the others' figures
@@ -145,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         body += ("\n\nGPU figures: not recorded yet (no GPU was available to the session that wrote this "
                  "file); run `python -m benchmarks --device cuda` on a GPU machine to add them.")
-    update_results(f"run-{args.device}", f"Last run ({args.device})", body, machine_info(device))
-    print(f"\n{body}\n\nresults: {RESULTS_FILE}")
+    if write:
+        update_results(f"run-{args.device}", f"Last run ({args.device})", body, machine_info(device))
+    print(f"\n{body}\n\nresults: {RESULTS_FILE if write else '(not written: --quick / --no-write)'}")
     return 1 if failed else 0
 
 
