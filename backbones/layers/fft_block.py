@@ -22,7 +22,7 @@ Choices the paper leaves open, and what we do:
   TNT, which Eq. 9 copies: the finer stream's *output* of the same block is fused.
 * **Normalisation of the fused tokens**: TNT's equation also shows only ``Vec(X) W + b`` while its code
   applies a LayerNorm before the projection; we do the same (``fusion_norm=True``), switchable.
-* **Attention width**: Table II lists "Patch dim, Mlp dim, Heads" (the vocabulary of lucid-rains'
+* **Attention width**: Table II lists "Patch dim, Mlp dim, Heads" (the vocabulary of lucidrains'
   vit-pytorch, where each head has ``dim_head = 64`` whatever the width). Heads change the parameter count
   in Table II (Large differs from Base only by 18 vs 16 heads and depth), so heads are ``head_dim = 64``
   wide: the q, k, v width is ``heads * 64`` (1024 for Base), no qkv bias, output projection with bias.
