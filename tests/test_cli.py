@@ -91,3 +91,11 @@ def test_experiment_name_is_the_config_stem():
     cfg = Cfg(config=[cli.BASE_CONFIG, Path("experiments/acanet18_cub_ce.yaml")])
     assert cli.experiment_name(cfg) == "acanet18_cub_ce"
     assert cli.experiment_name(Cfg(config=[cli.BASE_CONFIG])) == "default"
+
+
+def test_wandb_run_id_is_kept_for_resume(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    first = cli.wandb_run_id(tmp_path, resuming=False)
+    assert (tmp_path / "wandb_id").read_text() == first
+    assert cli.wandb_run_id(tmp_path, resuming=True) == first  # `--ckpt_path last` continues the same W&B run
+    assert cli.wandb_run_id(tmp_path, resuming=False) != first  # a fresh run gets a new id
