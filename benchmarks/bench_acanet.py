@@ -20,8 +20,6 @@ import argparse
 import copy
 import datetime
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import timm
@@ -32,25 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import backbones  # noqa: F401 - registers acanet18
 from backbones.acanet import ACANet
 from backbones.layers.fcsa import FCSA, effective_window, fcsa_unfold_reference
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+from benchmarks.harness import median_ms
 
 
 def saved_activation_bytes(fn: Callable[[], Tensor]) -> int:
@@ -113,8 +93,8 @@ def _fcsa_row(
 
     fast = run(module)
     ref = run(lambda t: fcsa_unfold_reference(module, t))
-    t_fast = time_ms(lambda: fast().float().sum().backward(), device, reps)
-    t_ref = time_ms(lambda: ref().float().sum().backward(), device, reps)
+    t_fast = median_ms(lambda: fast().float().sum().backward(), device, reps)
+    t_ref = median_ms(lambda: ref().float().sum().backward(), device, reps)
     m_fast = saved_activation_bytes(fast)
     m_ref = saved_activation_bytes(ref)
     mib = 2**20
@@ -178,7 +158,7 @@ def bench_fusion(device: torch.device, batch: int, reps: int, num_classes: int =
             model(x)
         for _ in range(reps):
             for name, model in models.items():
-                times[name].append(time_ms(lambda m=model: m(x), device, reps=1, warmup=0))
+                times[name].append(median_ms(lambda m=model: m(x), device, runs=1, warmup=0))
     results = [
         (name, min(times[name]), sum(p.numel() for p in model.parameters()), macs(model, x[:1]))
         for name, model in models.items()

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import timm
@@ -28,25 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import backbones  # noqa: F401 - registers the csnet models
 from backbones.csnet import CSNet
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, runs: int, warmup: int) -> float:
-    """Median wall time of ``fn`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+from benchmarks.harness import median_ms
 
 
 def macs(fn: Callable[[], object]) -> float:
@@ -117,9 +97,9 @@ def main() -> None:
                 loss = m(x).float().logsumexp(1).mean()
             loss.backward()
 
-        train_ms = time_ms(step, device, args.runs, args.warmup) if args.runs else float("nan")
+        train_ms = median_ms(step, device, args.runs, args.warmup) if args.runs else float("nan")
         model.eval()
-        eval_ms = time_ms(infer, device, args.runs, args.warmup) if args.runs else float("nan")
+        eval_ms = median_ms(infer, device, args.runs, args.warmup) if args.runs else float("nan")
         params = sum(p.numel() for p in model.parameters()) / 1e6
         print(f"| {name} | {params:.2f} | {total:.2f} | {total - trunk - head:.3f} | "
               f"{cs_macs_analytic(model, size):.3f} | {eval_ms:.0f} | {train_ms:.0f} |")

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import timm
 import torch
@@ -27,25 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import backbones  # noqa: F401 - registers the models
 from backbones.tokenfusion import _VARIANTS
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, runs: int, warmup: int) -> float:
-    """Median wall time of ``fn`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+from benchmarks.harness import median_ms
 
 
 def mac_breakdown(model: nn.Module, image_size: int) -> dict[str, float]:
@@ -119,11 +98,11 @@ def main() -> None:
                     model(x)
 
             model.eval()
-            eval_ms = time_ms(eval_step, device, args.runs, args.warmup)
+            eval_ms = median_ms(eval_step, device, args.runs, args.warmup)
             model.train()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            train_ms = time_ms(train_step, device, args.runs, args.warmup)
+            train_ms = median_ms(train_step, device, args.runs, args.warmup)
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             row += f" {eval_ms:.1f} | {train_ms:.1f} | {peak:.1f} |"
             del model, opt

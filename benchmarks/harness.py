@@ -78,6 +78,13 @@ def time_once(fn: Callable[[], Any], device: torch.device | str) -> float:
     return time.perf_counter() - start
 
 
+def median_ms(fn: Callable[[], Any], device: torch.device | str, runs: int, warmup: int = 1) -> float:
+    """Median milliseconds per call of ``fn`` over ``runs`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(time_once(fn, device) for _ in range(runs)) * 1e3
+
+
 @dataclass
 class Timing:
     """Seconds per call of one case, over the timed rounds."""
