@@ -12,7 +12,7 @@ from backbones.pretrained import load_pretrained
 
 # Import every model-family module so that its ``@register_model`` factories run.
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name not in {"layers", "pretrained"} and not _info.name.startswith("_"):
+    if _info.name not in {"layers", "pretrained", "errors"} and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["load_pretrained"]

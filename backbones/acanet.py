@@ -58,6 +58,7 @@ import torch
 from timm.models import register_model
 from torch import Tensor, nn
 
+from backbones.errors import ModelConfigError
 from backbones.layers.accb import ACCB
 from backbones.layers.fcsa import FCSA
 from backbones.layers.patchify import patchify_downsample
@@ -161,15 +162,15 @@ class ACANet(nn.Module):
     ) -> None:
         super().__init__()
         if downsample not in ("patchify", "conv"):
-            raise ValueError(f"ACANet downsample must be 'patchify' or 'conv', got {downsample!r}")
+            raise ModelConfigError(f"ACANet downsample must be 'patchify' or 'conv', got {downsample!r}")
         if global_pool != "avg":
-            raise ValueError(f"ACANet supports global_pool='avg' only, got {global_pool!r}")
+            raise ModelConfigError(f"ACANet supports global_pool='avg' only, got {global_pool!r}")
         if len(layers) != 4 or len(channels) != 4:
-            raise ValueError("ACANet needs four stages (layers and channels of length 4)")
+            raise ModelConfigError("ACANet needs four stages (layers and channels of length 4)")
         channels = list(channels)
         if mc_channels_per_class is not None:
             if mc_channels_per_class < 1 or num_classes < 1:
-                raise ValueError("mc_channels_per_class needs a positive value and num_classes >= 1")
+                raise ModelConfigError("mc_channels_per_class needs a positive value and num_classes >= 1")
             channels[-1] = mc_channels_per_class * num_classes
         self.num_classes = num_classes
         self.drop_rate = drop_rate
@@ -250,7 +251,7 @@ class ACANet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
         """Replace the classifier (the MC-Loss last-stage width is kept as built)."""
         if global_pool != "avg":
-            raise ValueError(f"ACANet supports global_pool='avg' only, got {global_pool!r}")
+            raise ModelConfigError(f"ACANet supports global_pool='avg' only, got {global_pool!r}")
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -327,7 +328,7 @@ def _create_acanet(variant: str, pretrained: bool = False, defaults: dict[str, A
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
     if pretrained:
-        raise ValueError(
+        raise ModelConfigError(
             f"{variant} has no downloadable weights; train from scratch (as the paper does) or pass a local "
             "ResNet-18 state dict as the task's `pretrained: /path/to/resnet18.pth`."
         )

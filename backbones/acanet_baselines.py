@@ -27,12 +27,14 @@ from timm.models import register_model
 from timm.models.vgg import VGG, cfgs
 from torch import Tensor, nn
 
+from backbones.errors import ModelConfigError
+
 
 def _drop_timm_kwargs(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
     if pretrained:
-        raise ValueError(
+        raise ModelConfigError(
             f"{variant} has no downloadable weights here; pass a local state dict as the task's `pretrained`."
         )
     return kwargs
@@ -49,7 +51,7 @@ class GoogLeNet(torchvision.models.GoogLeNet):
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2) -> None:
         if in_chans != 3:
-            raise ValueError("googlenet supports in_chans=3 only")
+            raise ModelConfigError("googlenet supports in_chans=3 only")
         super().__init__(
             num_classes=max(num_classes, 1), aux_logits=False, transform_input=False, init_weights=True,
             dropout=drop_rate,
@@ -106,7 +108,7 @@ def vgg16_mc(pretrained: bool = False, mc_channels_per_class: int = 3, **kwargs:
     kwargs = _drop_timm_kwargs("vgg16_mc", pretrained, kwargs)
     num_classes = kwargs.get("num_classes", 1000)
     if mc_channels_per_class < 1 or num_classes < 1:
-        raise ValueError("vgg16_mc needs mc_channels_per_class >= 1 and num_classes >= 1")
+        raise ModelConfigError("vgg16_mc needs mc_channels_per_class >= 1 and num_classes >= 1")
     cfg = list(cfgs["vgg16"])
     cfg[-2] = mc_channels_per_class * num_classes  # last conv before the final 'M'
     return VGGMC(cfg, **kwargs)

@@ -49,6 +49,7 @@ from timm.layers import ClassifierHead
 from timm.models import register_model
 from torch import Tensor, nn
 
+from backbones.errors import ModelConfigError
 from backbones.layers.cross_layer_attention import (
     CombineMode,
     CrossLayerSelfAttention,
@@ -111,13 +112,13 @@ class CSNet(nn.Module):
     ) -> None:
         super().__init__()
         if low_stage not in (1, 2, 3):
-            raise ValueError(f"low_stage must be 1, 2 or 3 (the high layer is stage 4), got {low_stage}")
+            raise ModelConfigError(f"low_stage must be 1, 2 or 3 (the high layer is stage 4), got {low_stage}")
         self.trunk = timm.create_model(
             trunk, pretrained=pretrained_trunk, num_classes=0, global_pool="", in_chans=in_chans,
             drop_path_rate=drop_path_rate,
         )
         if not hasattr(self.trunk, "layer4"):
-            raise ValueError(f"trunk '{trunk}' is not a timm ResNet-family model (no layer1..layer4)")
+            raise ModelConfigError(f"trunk '{trunk}' is not a timm ResNet-family model (no layer1..layer4)")
         stage_channels = {i: self.trunk.feature_info[i]["num_chs"] for i in range(1, 5)}  # 0 is the stem
         self.low_stage = low_stage
         self.cs = CrossLayerSelfAttention(

@@ -62,6 +62,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import register_model
 from torch import Tensor, nn
 
+from backbones.errors import ModelConfigError
 from backbones.layers.fft_block import FFTBlock, grid_of
 from backbones.layers.residual_attention import ResidualAttention
 
@@ -130,12 +131,12 @@ class FFT(nn.Module):
     ) -> None:
         super().__init__()
         if num_streams not in (1, 2, 3):
-            raise ValueError(f"FFT num_streams must be 1, 2 or 3 (ResNet-18's last maps), got {num_streams}")
+            raise ModelConfigError(f"FFT num_streams must be 1, 2 or 3 (ResNet-18's last maps), got {num_streams}")
         if global_pool not in ("token", "avg"):
-            raise ValueError(f"FFT global_pool must be 'token' or 'avg', got {global_pool!r}")
+            raise ModelConfigError(f"FFT global_pool must be 'token' or 'avg', got {global_pool!r}")
         patch_sizes = tuple(patch_sizes) if patch_sizes is not None else (4, 2, 1)[-num_streams:]
         if len(patch_sizes) != num_streams:
-            raise ValueError(f"FFT patch_sizes needs one entry per stream ({num_streams}), got {patch_sizes}")
+            raise ModelConfigError(f"FFT patch_sizes needs one entry per stream ({num_streams}), got {patch_sizes}")
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -218,7 +219,7 @@ class FFT(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("token", "avg"):
-                raise ValueError(f"FFT global_pool must be 'token' or 'avg', got {global_pool!r}")
+                raise ModelConfigError(f"FFT global_pool must be 'token' or 'avg', got {global_pool!r}")
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -297,12 +298,12 @@ class FFT(nn.Module):
             Outer patch tokens, on the Outer token grid (not renormalised after dropping the class token).
         """
         if self.depth == 0:
-            raise ValueError("outer_attention_maps needs a transformer (depth > 0); resnet18_linear has none")
+            raise ModelConfigError("outer_attention_maps needs a transformer (depth > 0); resnet18_linear has none")
         _, attns = self._forward_tokens(x, return_attn=True)
         gh, gw = self._last_grid
         row = 0 if query is None else query + 1
         if not 0 <= row < gh * gw + 1:
-            raise ValueError(f"query patch {query} is outside the {gh}x{gw} Outer token grid")
+            raise ModelConfigError(f"query patch {query} is outside the {gh}x{gw} Outer token grid")
         maps = [a[:, :, row, 1:].mean(dim=1).reshape(-1, gh, gw) for a in attns]
         return torch.stack(maps, dim=1)
 
@@ -357,7 +358,7 @@ def save_attention_overlay(image: Tensor, attention: Tensor, path: str | os.Path
 # ---------------------------------------------------------------------- registered variants
 def _create(pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> FFT:
     if pretrained:
-        raise ValueError(
+        raise ModelConfigError(
             "FFT models have no hub weights (no public code or checkpoints for the paper). Use "
             "`pretrained: /path/to/resnet18.pth` in the task to load a local ResNet-18 state dict into the trunk."
         )

@@ -58,6 +58,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import Bottleneck, ResNet
 from torch import Tensor, nn
 
+from backbones.errors import ModelConfigError
 from backbones.layers.chunking_attention import create_chunking_attention
 from backbones.layers.cross_scale_attention import CrossScaleCoordAttention
 
@@ -159,7 +160,7 @@ class MSFBottleneck(nn.Module):
     ) -> None:
         super().__init__()
         if scale < 2:
-            raise ValueError(f"MSFBottleneck needs scale >= 2 (adjacent scales to fuse), got {scale}")
+            raise ModelConfigError(f"MSFBottleneck needs scale >= 2 (adjacent scales to fuse), got {scale}")
         dd = {"device": device, "dtype": dtype}
         width = int(math.floor(planes * (base_width / 64.0))) * cardinality
         outplanes = planes * self.expansion
@@ -307,20 +308,20 @@ class MSFCAResNet(ResNet):
         dtype: Any = None,
     ) -> None:
         if bottleneck not in ("standard", "msf"):
-            raise ValueError(f"bottleneck must be 'standard' or 'msf', got {bottleneck!r}")
+            raise ModelConfigError(f"bottleneck must be 'standard' or 'msf', got {bottleneck!r}")
         if attention not in ("none", "pa", "ca", "pca_serial", "pca_parallel"):
-            raise ValueError(
+            raise ModelConfigError(
                 f"attention must be one of none, pa, ca, pca_serial, pca_parallel; got {attention!r}"
             )
         if attn_position not in ("block", "post"):
-            raise ValueError(f"attn_position must be 'block' or 'post', got {attn_position!r}")
+            raise ModelConfigError(f"attn_position must be 'block' or 'post', got {attn_position!r}")
         if attn_stages is None:
             if version not in VERSION_STAGES:
-                raise ValueError(f"version must be one of A, B, C, D (Table VII), got {version!r}")
+                raise ModelConfigError(f"version must be one of A, B, C, D (Table VII), got {version!r}")
             attn_stages = VERSION_STAGES[version]
         attn_stages = tuple(int(s) for s in attn_stages)
         if any(s < 1 or s > len(layers) for s in attn_stages):
-            raise ValueError(f"attn_stages {attn_stages} outside 1..{len(layers)}")
+            raise ModelConfigError(f"attn_stages {attn_stages} outside 1..{len(layers)}")
         msf = bottleneck == "msf"
         if stem_type == "auto":
             stem_type = "deep" if msf else ""
@@ -432,7 +433,7 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in _VARIANTS})
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MSFCAResNet:
     if pretrained:
-        raise ValueError(
+        raise ModelConfigError(
             f"{variant}: no hub weights exist for this paper model. Set `pretrained: <path>` in the task "
             "(a local ResNet-50 state dict for the standard-bottleneck variants, Res2Net-50d for the MSF "
             "ones); it is loaded with backbones.load_pretrained."

@@ -52,6 +52,7 @@ from timm.models.resnet import Bottleneck, ResNet
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from backbones.errors import ModelConfigError
 from backbones.layers.token_fusion_blocks import (
     BridgeBlock,
     FeatureMapTokens,
@@ -156,13 +157,13 @@ class TokenFusion(nn.Module):
     ) -> None:
         super().__init__()
         if method not in ("late", "early", "layer"):
-            raise ValueError(f"TokenFusion method must be 'late', 'early' or 'layer', got {method!r}")
+            raise ModelConfigError(f"TokenFusion method must be 'late', 'early' or 'layer', got {method!r}")
         if class_token and method != "layer":
-            raise ValueError("class_token=True is the layer-by-layer variant of Fig. 8; use method='layer'")
+            raise ModelConfigError("class_token=True is the layer-by-layer variant of Fig. 8; use method='layer'")
         if img_size % 32 or img_size % patch_size:
-            raise ValueError(f"img_size must be divisible by 32 and by patch_size={patch_size}, got {img_size}")
+            raise ModelConfigError(f"img_size must be divisible by 32 and by patch_size={patch_size}, got {img_size}")
         if len(resnet_layers) != 4 or len(resnet_channels) != 4:
-            raise ValueError("resnet_layers and resnet_channels need 4 entries (layer1..layer4)")
+            raise ModelConfigError("resnet_layers and resnet_channels need 4 entries (layer1..layer4)")
         self.method = method
         self.num_classes = num_classes
         self.img_size = img_size
@@ -181,7 +182,7 @@ class TokenFusion(nn.Module):
         self.num_stages = 5
         if method == "late":
             if late_stage not in (1, 2, 3, 4):
-                raise ValueError(f"late_stage must be one of 1..4 (layer1..layer4), got {late_stage}")
+                raise ModelConfigError(f"late_stage must be one of 1..4 (layer1..layer4), got {late_stage}")
             self.num_stages = late_stage + 1
             for i in range(late_stage + 1, 5):  # stages after the one the CNN encoder reads are unused
                 setattr(self.trunk, f"layer{i}", nn.Identity())
@@ -235,7 +236,7 @@ class TokenFusion(nn.Module):
                      stages: BridgeStages, bridge_channels: int, drop_path_rate: float,
                      block_kwargs: dict[str, Any]) -> None:
         if stages not in ("multi", "single"):
-            raise ValueError(f"bridge_stages must be 'multi' or 'single', got {stages!r}")
+            raise ModelConfigError(f"bridge_stages must be 'multi' or 'single', got {stages!r}")
         self.bridge_stage_ids = (0, 1, 2, 3, 4) if stages == "multi" else (4,)
         self.bridges = nn.ModuleList(
             BridgeBlock(self.stage_channels[i], STAGE_STRIDES[i], upsample, bridge_channels, bridge_channels)
@@ -250,7 +251,7 @@ class TokenFusion(nn.Module):
                      final_depth: int, class_token: bool, drop_path_rate: float,
                      block_kwargs: dict[str, Any]) -> None:
         if len(mixing_depths) != 5:
-            raise ValueError(f"mixing_depths needs one depth per ResNet stage (5), got {mixing_depths}")
+            raise ModelConfigError(f"mixing_depths needs one depth per ResNet stage (5), got {mixing_depths}")
         total = sum(mixing_depths) + final_depth
         dpr = _linspace(drop_path_rate, total)
         self.patch_tokens = PatchTokens(img_size, patch_size, in_chans, self.embed_dim, class_token)
@@ -287,7 +288,7 @@ class TokenFusion(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
         if h % 32 or w % 32 or h % self.patch_size or w % self.patch_size:
-            raise ValueError(
+            raise ModelConfigError(
                 f"TokenFusion needs an input side divisible by 32 (ResNet stride) and by the patch size "
                 f"{self.patch_size}; got {h}x{w}. Resize/crop to e.g. 64 or 224."
             )
@@ -414,7 +415,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> TokenFusio
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
         kwargs.pop(key, None)
     if pretrained:
-        raise ValueError(
+        raise ModelConfigError(
             f"{variant}: there are no published TokenFusion weights to download. Initialise the ResNet-101 "
             "trunk from a local file instead: `pretrained: /path/to/resnet101.pth` in the task (plain "
             "timm/torchvision resnet101 state dict; keys load under 'trunk.')."

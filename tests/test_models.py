@@ -16,7 +16,7 @@ import torch
 
 import backbones
 
-FAMILIES = [m.name for m in pkgutil.iter_modules(backbones.__path__) if m.name not in {"layers", "pretrained"}]
+FAMILIES = [m.name for m in pkgutil.iter_modules(backbones.__path__) if m.name not in {"layers", "pretrained", "errors"}]
 MODELS = sorted({name for fam in FAMILIES for name in timm.list_models(module=fam)})
 BIG = 40e6
 NUM_CLASSES = 7

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from backbones.errors import ModelConfigError
+
 
 def fold_conv_bn(weight: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """Fold an eval-mode BatchNorm into the preceding bias-free convolution (paper Eq. 2-3).
@@ -68,10 +70,10 @@ class ACCB(nn.Module):
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
-            raise ValueError(f"ACCB needs an odd kernel_size (got {kernel_size})")
+            raise ModelConfigError(f"ACCB needs an odd kernel_size (got {kernel_size})")
         padding = kernel_size // 2 if padding is None else padding
         if padding < kernel_size // 2:
-            raise ValueError(f"ACCB supports padding >= kernel_size // 2 (got {padding} for k={kernel_size})")
+            raise ModelConfigError(f"ACCB supports padding >= kernel_size // 2 (got {padding} for k={kernel_size})")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.groups = groups

@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbones.errors import ModelConfigError
+
 ChunkingKind = Literal["pa", "ca", "pca_serial", "pca_parallel"]
 
 
@@ -118,7 +120,7 @@ class ChannelChunkingAttention(nn.Module):
     def __init__(self, channels: int, qkv: Literal["shared", "separate"] = "shared") -> None:
         super().__init__()
         if qkv not in ("shared", "separate"):
-            raise ValueError(f"qkv must be 'shared' or 'separate', got {qkv!r}")
+            raise ModelConfigError(f"qkv must be 'shared' or 'separate', got {qkv!r}")
         self.chunks = ceil_sqrt(channels)
         self.sc = self.chunks * self.chunks
         self.qkv = qkv
@@ -167,7 +169,7 @@ class PCA(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in ("serial", "parallel"):
-            raise ValueError(f"PCA mode must be 'serial' or 'parallel', got {mode!r}")
+            raise ModelConfigError(f"PCA mode must be 'serial' or 'parallel', got {mode!r}")
         self.mode = mode
         self.pa = SpatialChunkingAttention(channels, reduction=pa_reduction)
         self.ca = ChannelChunkingAttention(channels, qkv=ca_qkv)
@@ -191,4 +193,4 @@ def create_chunking_attention(
         return ChannelChunkingAttention(channels, qkv=ca_qkv)
     if kind in ("pca_serial", "pca_parallel"):
         return PCA(channels, mode=kind.split("_")[1], pa_reduction=pa_reduction, ca_qkv=ca_qkv)  # type: ignore[arg-type]
-    raise ValueError(f"unknown chunking attention {kind!r}; choose one of pa, ca, pca_serial, pca_parallel")
+    raise ModelConfigError(f"unknown chunking attention {kind!r}; choose one of pa, ca, pca_serial, pca_parallel")

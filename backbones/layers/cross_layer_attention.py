@@ -76,6 +76,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbones.errors import ModelConfigError
+
 ValueSource = Literal["low", "high"]
 CombineMode = Literal["sum", "serial", "concat"]
 FusionMode = Literal["conv", "sum", "concat", "none"]
@@ -108,7 +110,7 @@ class CrossLayerChannelAttention(nn.Module):
                  gamma_init: float = 0.0) -> None:
         super().__init__()
         if value not in ("low", "high"):
-            raise ValueError(f"value must be 'low' or 'high', got {value!r}")
+            raise ModelConfigError(f"value must be 'low' or 'high', got {value!r}")
         self.value = value
         self.key = _conv_bn(high_channels, low_channels)
         self.gamma = nn.Parameter(torch.full((1,), float(gamma_init)))
@@ -148,10 +150,10 @@ class CrossLayerSpatialAttention(nn.Module):
                  value: ValueSource = "low", gamma_init: float = 0.0) -> None:
         super().__init__()
         if value not in ("low", "high"):
-            raise ValueError(f"value must be 'low' or 'high', got {value!r}")
+            raise ModelConfigError(f"value must be 'low' or 'high', got {value!r}")
         dim = max(low_channels // reduction, 1)
         if dim % heads or low_channels % heads:
-            raise ValueError(f"heads={heads} must divide the query width {dim} and the channels {low_channels}")
+            raise ModelConfigError(f"heads={heads} must divide the query width {dim} and the channels {low_channels}")
         self.value, self.heads = value, heads
         self.query = nn.Conv2d(low_channels, dim, 1)
         self.key = nn.Conv2d(high_channels, dim, 1)
@@ -196,7 +198,7 @@ class CrossLayerFusion(nn.Module):
                  hidden: int | None = 512) -> None:
         super().__init__()
         if mode not in ("conv", "sum", "concat", "none"):
-            raise ValueError(f"fusion must be one of conv, sum, concat, none; got {mode!r}")
+            raise ModelConfigError(f"fusion must be one of conv, sum, concat, none; got {mode!r}")
         self.mode = mode
         self.out_channels = low_channels + high_channels if mode == "concat" else high_channels
         self.transform: nn.Module | None = None
@@ -259,9 +261,9 @@ class CrossLayerSelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         if combine not in ("sum", "serial", "concat"):
-            raise ValueError(f"combine must be sum, serial or concat; got {combine!r}")
+            raise ModelConfigError(f"combine must be sum, serial or concat; got {combine!r}")
         if fusion == "none" and (channel_attn or spatial_attn):
-            raise ValueError(
+            raise ModelConfigError(
                 "fusion='none' discards the refined low-level features; use fusion='concat' (parameter-free) "
                 "for the attention-only ablations, or switch both attentions off"
             )

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbones.errors import ModelConfigError
+
 
 class CrossScaleCoordAttention(nn.Module):
     """Phi(X_x, X_y) of Algorithm 1: coordinate attention whose X and Y profiles come from two scales.
@@ -55,7 +57,7 @@ class CrossScaleCoordAttention(nn.Module):
             x_y: (B, C, H, W) map of the other scale, pooled along H (its W profile).
         """
         if x_x.shape != x_y.shape:
-            raise ValueError(
+            raise ModelConfigError(
                 f"CrossScaleCoordAttention needs two maps of the same shape, got {tuple(x_x.shape)} "
                 f"and {tuple(x_y.shape)}"
             )

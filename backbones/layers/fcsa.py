@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from backbones.errors import ModelConfigError
+
 
 def effective_window(window: int, height: int, width: int) -> int:
     """Largest odd window ``<= window`` whose reflect padding fits an ``height x width`` map."""
@@ -187,9 +189,9 @@ class FCSA(nn.Module):
     ) -> None:
         super().__init__()
         if out_channels % heads:
-            raise ValueError(f"FCSA out_channels ({out_channels}) must be divisible by heads ({heads})")
+            raise ModelConfigError(f"FCSA out_channels ({out_channels}) must be divisible by heads ({heads})")
         if window % 2 != 1 or kernel_conv % 2 != 1:
-            raise ValueError(f"FCSA window ({window}) and kernel_conv ({kernel_conv}) must be odd")
+            raise ModelConfigError(f"FCSA window ({window}) and kernel_conv ({kernel_conv}) must be odd")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.heads, self.window, self.kernel_conv = heads, window, kernel_conv
         self.head_dim = out_channels // heads

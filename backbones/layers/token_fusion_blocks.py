@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from torch import nn
 
+from backbones.errors import ModelConfigError
+
 Upsample = Literal["upconv", "copy"]
 Merge = Literal["concat", "add"]
 HeadType = Literal["token", "channel", "mixing"]
@@ -176,9 +178,9 @@ class LateFusion(nn.Module):
     def __init__(self, dim: int, scale: int, upsample: Upsample = "upconv", merge: Merge = "concat") -> None:
         super().__init__()
         if upsample not in ("upconv", "copy"):
-            raise ValueError(f"late fusion upsample must be 'upconv' or 'copy', got {upsample!r}")
+            raise ModelConfigError(f"late fusion upsample must be 'upconv' or 'copy', got {upsample!r}")
         if merge not in ("concat", "add"):
-            raise ValueError(f"late fusion merge must be 'concat' or 'add', got {merge!r}")
+            raise ModelConfigError(f"late fusion merge must be 'concat' or 'add', got {merge!r}")
         self.scale = scale
         self.merge = merge
         self.up = UpConv(dim, dim, scale) if upsample == "upconv" else None
@@ -219,7 +221,7 @@ class BridgeBlock(nn.Module):
                  mid_channels: int = 3) -> None:
         super().__init__()
         if upsample not in ("upconv", "copy"):
-            raise ValueError(f"bridge upsample must be 'upconv' or 'copy', got {upsample!r}")
+            raise ModelConfigError(f"bridge upsample must be 'upconv' or 'copy', got {upsample!r}")
         self.scale = scale
         self.upsample = upsample
         if upsample == "upconv":
@@ -295,7 +297,7 @@ class PoolingHead(nn.Module):
                  num_classes: int = 1000, drop_rate: float = 0.0) -> None:
         super().__init__()
         if kind not in ("token", "channel", "mixing"):
-            raise ValueError(f"head must be 'token', 'channel' or 'mixing', got {kind!r}")
+            raise ModelConfigError(f"head must be 'token', 'channel' or 'mixing', got {kind!r}")
         self.kind = kind
         self.grid = tuple(grid)
         self.num_prefix_tokens = num_prefix_tokens
