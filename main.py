@@ -63,7 +63,8 @@ class PaperCLI(LightningCLI):
         root = Path(cfg.trainer.default_root_dir or "runs")
         run_dir = root / name
         cfg.trainer.default_root_dir = str(run_dir)
-        configure_loggers(cfg, run_dir, name, resuming=bool(cfg.get("ckpt_path")))
+        resuming = bool(cfg.get("ckpt_path")) or has_hpc_checkpoint(run_dir)
+        configure_loggers(cfg, run_dir, name, resuming=resuming)
         configure_checkpoints(cfg, run_dir)
         if cfg.trainer.get("fast_dev_run"):
             # a smoke run: keep no checkpoints (Lightning would still write last.ckpt) and never block on them
@@ -142,9 +143,14 @@ def configure_checkpoints(cfg, run_dir: Path) -> None:
             cb.init_args.dirpath = str(run_dir / "checkpoints")
 
 
+def has_hpc_checkpoint(run_dir: Path) -> bool:
+    """A SLURM pre-emption checkpoint (written by Lightning on SIGUSR1, resumed automatically on requeue)."""
+    return any(run_dir.glob("hpc_ckpt_*.ckpt"))
+
+
 def refuse_to_overwrite(cfg, run_dir: Path) -> None:
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not cfg.get("ckpt_path") and last.exists():
+    if not cfg.get("ckpt_path") and last.exists() and not has_hpc_checkpoint(run_dir):
         raise RunExistsError(
             f"{run_dir} already holds a run ({last}). Resume it with `--ckpt_path last`, or start a new run "
             f"with `--name <new name>` (or `--trainer.default_root_dir <other folder>`); nothing was overwritten."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -98,3 +99,19 @@ def test_wandb_run_id_is_kept_for_resume(tmp_path, monkeypatch):
     assert (tmp_path / "wandb_id").read_text() == first
     assert cli.wandb_run_id(tmp_path, resuming=True) == first  # `--ckpt_path last` continues the same W&B run
     assert cli.wandb_run_id(tmp_path, resuming=False) != first  # a fresh run gets a new id
+
+
+def test_slurm_requeue_is_not_refused(tmp_path):
+    """A requeued SLURM job reruns the same command: with an HPC checkpoint present it must go on."""
+    run_dir = tmp_path / "exp"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+
+    class Cfg(dict):
+        def get(self, k, d=None):
+            return super().get(k, d)
+
+    with pytest.raises(cli.RunExistsError):
+        cli.refuse_to_overwrite(Cfg(), run_dir)
+    (run_dir / "hpc_ckpt_1.ckpt").write_bytes(b"x")
+    cli.refuse_to_overwrite(Cfg(), run_dir)  # no error: Lightning resumes from the HPC checkpoint
