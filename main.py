@@ -46,7 +46,9 @@ class PaperCLI(LightningCLI):
     """LightningCLI with the project's conventions (see the module docstring)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--name", type=str | None, default=None, help="Run folder name (default: config stem).")
+        parser.add_argument(
+            "--name", type=str | None, default=None, help="Run folder name (default: config stem)."
+        )
         parser.add_argument(
             "--test_after_fit", type=bool, default=False, help="After fit, run test on the best checkpoint."
         )
@@ -54,7 +56,10 @@ class PaperCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit"):
-            has_best = self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.best_model_path
+            has_best = (
+                self.trainer.checkpoint_callback is not None
+                and self.trainer.checkpoint_callback.best_model_path
+            )
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
 
     def before_instantiate_classes(self) -> None:
@@ -69,7 +74,8 @@ class PaperCLI(LightningCLI):
         if cfg.trainer.get("fast_dev_run"):
             # a smoke run: keep no checkpoints (Lightning would still write last.ckpt) and never block on them
             cfg.trainer.callbacks = [
-                cb for cb in cfg.trainer.get("callbacks") or []
+                cb
+                for cb in cfg.trainer.get("callbacks") or []
                 if not str(cb.get("class_path", "")).endswith("ModelCheckpoint")
             ]
         elif self.subcommand == "fit":
@@ -105,7 +111,10 @@ def configure_loggers(cfg, run_dir: Path, name: str, resuming: bool) -> None:
             mode = os.environ.get("WANDB_MODE")
             if not args.get("offline") and mode is None and not wandb_has_credentials():
                 args.offline = True
-                print("W&B: no account configured (wandb login / WANDB_API_KEY): logging offline.", file=sys.stderr)
+                print(
+                    "W&B: no account configured (wandb login / WANDB_API_KEY): logging offline.",
+                    file=sys.stderr,
+                )
             if args.get("offline") or mode in ("offline", "dryrun"):
                 print(
                     f"W&B: offline run under {run_dir}/wandb; upload it later with: "
@@ -136,7 +145,9 @@ def configure_checkpoints(cfg, run_dir: Path) -> None:
     """Checkpoints in ``run_dir/checkpoints`` (so ``--ckpt_path last`` finds them); no LR monitor without a logger."""
     if cfg.trainer.get("logger") in (False, None) and cfg.trainer.get("callbacks"):
         cfg.trainer.callbacks = [
-            cb for cb in cfg.trainer.callbacks if not str(cb.get("class_path", "")).endswith("LearningRateMonitor")
+            cb
+            for cb in cfg.trainer.callbacks
+            if not str(cb.get("class_path", "")).endswith("LearningRateMonitor")
         ]
     for cb in cfg.trainer.get("callbacks") or []:
         if str(cb.get("class_path", "")).endswith("ModelCheckpoint") and cb.init_args.get("dirpath") is None:

@@ -112,9 +112,15 @@ class CSNet(nn.Module):
     ) -> None:
         super().__init__()
         if low_stage not in (1, 2, 3):
-            raise ModelConfigError(f"low_stage must be 1, 2 or 3 (the high layer is stage 4), got {low_stage}")
+            raise ModelConfigError(
+                f"low_stage must be 1, 2 or 3 (the high layer is stage 4), got {low_stage}"
+            )
         self.trunk = timm.create_model(
-            trunk, pretrained=pretrained_trunk, num_classes=0, global_pool="", in_chans=in_chans,
+            trunk,
+            pretrained=pretrained_trunk,
+            num_classes=0,
+            global_pool="",
+            in_chans=in_chans,
             drop_path_rate=drop_path_rate,
         )
         if not hasattr(self.trunk, "layer4"):
@@ -122,19 +128,36 @@ class CSNet(nn.Module):
         stage_channels = {i: self.trunk.feature_info[i]["num_chs"] for i in range(1, 5)}  # 0 is the stem
         self.low_stage = low_stage
         self.cs = CrossLayerSelfAttention(
-            stage_channels[low_stage], stage_channels[4], channel_attn=channel_attn, spatial_attn=spatial_attn,
-            combine=combine, fusion=fusion, fusion_dim=fusion_dim, reduction=reduction, heads=heads,
-            value=value, gamma_init=gamma_init,
+            stage_channels[low_stage],
+            stage_channels[4],
+            channel_attn=channel_attn,
+            spatial_attn=spatial_attn,
+            combine=combine,
+            fusion=fusion,
+            fusion_dim=fusion_dim,
+            reduction=reduction,
+            heads=heads,
+            value=value,
+            gamma_init=gamma_init,
         )
         self.num_classes = num_classes
         self.num_features = self.cs.out_channels
         self.drop_rate = drop_rate
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self.head_hidden_size = self.head.num_features  # pooled width (2x num_features for "avgmax"/"catavgmax")
+        self.head_hidden_size = (
+            self.head.num_features
+        )  # pooled width (2x num_features for "avgmax"/"catavgmax")
         self.pretrained_cfg = self.default_cfg = dict(
-            architecture=type(self).__name__.lower(), input_size=(in_chans, 448, 448), pool_size=(14, 14),
-            crop_pct=448 / 512, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-            first_conv="trunk.conv1", classifier="head.fc", num_classes=num_classes,
+            architecture=type(self).__name__.lower(),
+            input_size=(in_chans, 448, 448),
+            pool_size=(14, 14),
+            crop_pct=448 / 512,
+            interpolation="bilinear",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            first_conv="trunk.conv1",
+            classifier="head.fc",
+            num_classes=num_classes,
         )
 
     @torch.jit.ignore
@@ -184,7 +207,9 @@ _ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _create_csnet(default_trunk: str, ablation: str, pretrained: bool | str | os.PathLike = False, **kwargs: Any) -> CSNet:
+def _create_csnet(
+    default_trunk: str, ablation: str, pretrained: bool | str | os.PathLike = False, **kwargs: Any
+) -> CSNet:
     """Build a registered variant; ``pretrained`` is timm's bool (hub weights) or a local checkpoint path.
 
     ``kwargs`` override the variant's defaults, the trunk included (``trunk="resnet18"`` for quick tests).
@@ -193,8 +218,9 @@ def _create_csnet(default_trunk: str, ablation: str, pretrained: bool | str | os
         kwargs.pop(key, None)
     trunk = kwargs.pop("trunk", default_trunk)
     local = pretrained if isinstance(pretrained, (str, os.PathLike)) else None
-    model = CSNet(trunk=trunk, **{**_ABLATIONS[ablation], **kwargs},
-                  pretrained_trunk=bool(pretrained) and local is None)
+    model = CSNet(
+        trunk=trunk, **{**_ABLATIONS[ablation], **kwargs}, pretrained_trunk=bool(pretrained) and local is None
+    )
     if local is not None:
         load_pretrained(model, local)
     return model

@@ -131,12 +131,16 @@ class FFT(nn.Module):
     ) -> None:
         super().__init__()
         if num_streams not in (1, 2, 3):
-            raise ModelConfigError(f"FFT num_streams must be 1, 2 or 3 (ResNet-18's last maps), got {num_streams}")
+            raise ModelConfigError(
+                f"FFT num_streams must be 1, 2 or 3 (ResNet-18's last maps), got {num_streams}"
+            )
         if global_pool not in ("token", "avg"):
             raise ModelConfigError(f"FFT global_pool must be 'token' or 'avg', got {global_pool!r}")
         patch_sizes = tuple(patch_sizes) if patch_sizes is not None else (4, 2, 1)[-num_streams:]
         if len(patch_sizes) != num_streams:
-            raise ModelConfigError(f"FFT patch_sizes needs one entry per stream ({num_streams}), got {patch_sizes}")
+            raise ModelConfigError(
+                f"FFT patch_sizes needs one entry per stream ({num_streams}), got {patch_sizes}"
+            )
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -147,8 +151,10 @@ class FFT(nn.Module):
         self.use_pos_embed = use_pos_embed
 
         # torchvision/timm resnet18 key names under "trunk." (fc removed), so local weights load
-        self.trunk = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)
-        stage_channels = _STAGE_CHANNELS[-self.num_streams:]
+        self.trunk = timm.create_model(
+            "resnet18", pretrained=False, num_classes=0, global_pool="", in_chans=in_chans
+        )
+        stage_channels = _STAGE_CHANNELS[-self.num_streams :]
         self.ram = nn.ModuleList(
             ResidualAttention(c, ram_reduction, ram_kernel_size) if use_ram else nn.Identity()
             for c in stage_channels
@@ -168,9 +174,10 @@ class FFT(nn.Module):
         self.patch_embeds = nn.ModuleList(
             nn.Conv2d(c, embed_dim, p, stride=p) for c, p in zip(stage_channels, patch_sizes)
         )
-        strides = _STAGE_STRIDES[-self.num_streams:]
+        strides = _STAGE_STRIDES[-self.num_streams :]
         self.base_grids = [
-            grid_of((-(-self.img_size[0] // s), -(-self.img_size[1] // s)), p) for s, p in zip(strides, patch_sizes)
+            grid_of((-(-self.img_size[0] // s), -(-self.img_size[1] // s)), p)
+            for s, p in zip(strides, patch_sizes)
         ]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))  # Eq. 14: "initialized with zero"
         self.pos_embeds = nn.ParameterList()
@@ -184,8 +191,17 @@ class FFT(nn.Module):
         rates = [drop_path_rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path_rate]
         dims = [embed_dim] * self.num_streams
         self.blocks = nn.ModuleList(
-            FFTBlock(dims, num_heads, head_dim, mlp_dim, fusion_kernel, fusion_norm, attn_drop_rate,
-                     proj_drop_rate, rates[i])
+            FFTBlock(
+                dims,
+                num_heads,
+                head_dim,
+                mlp_dim,
+                fusion_kernel,
+                fusion_norm,
+                attn_drop_rate,
+                proj_drop_rate,
+                rates[i],
+            )
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim)
@@ -233,7 +249,7 @@ class FFT(nn.Module):
             x = getattr(t, name)(x)
             if name != "layer1":
                 maps.append(x)
-        return [ram(m) for ram, m in zip(self.ram, maps[-self.num_streams:])]
+        return [ram(m) for ram, m in zip(self.ram, maps[-self.num_streams :])]
 
     def _embed(self, maps: list[Tensor]) -> tuple[list[Tensor], list[tuple[int, int]]]:
         tokens, grids = [], []
@@ -250,8 +266,9 @@ class FFT(nn.Module):
             if self.use_pos_embed:
                 pos = self.pos_embeds[i]
                 if grid != self.base_grids[i]:
-                    pos = resample_abs_pos_embed(pos, list(grid), list(self.base_grids[i]),
-                                                 num_prefix_tokens=int(last))
+                    pos = resample_abs_pos_embed(
+                        pos, list(grid), list(self.base_grids[i]), num_prefix_tokens=int(last)
+                    )
                 x = x + pos.to(x.dtype)
             tokens.append(self.pos_drop(x))
             grids.append(grid)
@@ -298,7 +315,9 @@ class FFT(nn.Module):
             Outer patch tokens, on the Outer token grid (not renormalised after dropping the class token).
         """
         if self.depth == 0:
-            raise ModelConfigError("outer_attention_maps needs a transformer (depth > 0); resnet18_linear has none")
+            raise ModelConfigError(
+                "outer_attention_maps needs a transformer (depth > 0); resnet18_linear has none"
+            )
         _, attns = self._forward_tokens(x, return_attn=True)
         gh, gw = self._last_grid
         row = 0 if query is None else query + 1
@@ -308,10 +327,16 @@ class FFT(nn.Module):
         return torch.stack(maps, dim=1)
 
 
-def save_attention_overlay(image: Tensor, attention: Tensor, path: str | os.PathLike[str],
-                           query: int | None = None, mean: Sequence[float] | None = (0.485, 0.456, 0.406),
-                           std: Sequence[float] | None = (0.229, 0.224, 0.225), alpha: float = 0.5,
-                           title: str | None = None) -> None:
+def save_attention_overlay(
+    image: Tensor,
+    attention: Tensor,
+    path: str | os.PathLike[str],
+    query: int | None = None,
+    mean: Sequence[float] | None = (0.485, 0.456, 0.406),
+    std: Sequence[float] | None = (0.229, 0.224, 0.225),
+    alpha: float = 0.5,
+    title: str | None = None,
+) -> None:
     """Save an attention map over its input image as a PNG (the Fig. 7 display).
 
     Args:
@@ -346,7 +371,9 @@ def save_attention_overlay(image: Tensor, attention: Tensor, path: str | os.Path
         if query is not None:
             ph, pw = h / gh, w / gw
             r, c = divmod(query, gw)
-            ax.add_patch(Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, edgecolor="red", linewidth=2))
+            ax.add_patch(
+                Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, edgecolor="red", linewidth=2)
+            )
         ax.set_axis_off()
         if title:
             ax.set_title(title)

@@ -170,12 +170,12 @@ def _strip_wrappers(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
         changed = False
         for prefix in _STRIP_PREFIXES:
             if best and all(k.startswith(prefix) for k in best):
-                stripped = {k[len(prefix):]: v for k, v in best.items()}
+                stripped = {k[len(prefix) :]: v for k, v in best.items()}
                 if sum(k in own for k in stripped) >= sum(k in own for k in best):
                     best, changed = stripped, True
             elif any(k.startswith(prefix) for k in best) and prefix in ("backbone.",):
                 # a Lightning checkpoint also holds loss./metric entries: keep only the backbone's
-                stripped = {k[len(prefix):]: v for k, v in best.items() if k.startswith(prefix)}
+                stripped = {k[len(prefix) :]: v for k, v in best.items() if k.startswith(prefix)}
                 if sum(k in own for k in stripped) > sum(k in own for k in best):
                     best, changed = stripped, True
     return best

@@ -159,9 +159,13 @@ class TokenFusion(nn.Module):
         if method not in ("late", "early", "layer"):
             raise ModelConfigError(f"TokenFusion method must be 'late', 'early' or 'layer', got {method!r}")
         if class_token and method != "layer":
-            raise ModelConfigError("class_token=True is the layer-by-layer variant of Fig. 8; use method='layer'")
+            raise ModelConfigError(
+                "class_token=True is the layer-by-layer variant of Fig. 8; use method='layer'"
+            )
         if img_size % 32 or img_size % patch_size:
-            raise ModelConfigError(f"img_size must be divisible by 32 and by patch_size={patch_size}, got {img_size}")
+            raise ModelConfigError(
+                f"img_size must be divisible by 32 and by patch_size={patch_size}, got {img_size}"
+            )
         if len(resnet_layers) != 4 or len(resnet_channels) != 4:
             raise ModelConfigError("resnet_layers and resnet_channels need 4 entries (layer1..layer4)")
         self.method = method
@@ -172,12 +176,23 @@ class TokenFusion(nn.Module):
         self.drop_rate = drop_rate
         self.num_prefix_tokens = 1 if class_token else 0
         self.grad_checkpointing = False
-        block_kwargs = dict(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                            attn_drop=attn_drop_rate, proj_drop=proj_drop_rate)
+        block_kwargs = dict(
+            dim=embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop_rate,
+            proj_drop=proj_drop_rate,
+        )
 
         # ResNet-101 trunk with timm/torchvision key names (conv1, bn1, layer1..4) under ``trunk.``.
-        self.trunk = ResNet(block=Bottleneck, layers=tuple(resnet_layers), channels=tuple(resnet_channels),
-                            in_chans=in_chans, num_classes=0)
+        self.trunk = ResNet(
+            block=Bottleneck,
+            layers=tuple(resnet_layers),
+            channels=tuple(resnet_channels),
+            in_chans=in_chans,
+            num_classes=0,
+        )
         self.stage_channels = (self.trunk.conv1.out_channels,) + tuple(4 * c for c in resnet_channels)
         self.num_stages = 5
         if method == "late":
@@ -190,19 +205,47 @@ class TokenFusion(nn.Module):
 
         grid = (img_size // patch_size, img_size // patch_size)
         if method == "late":
-            self._build_late(img_size, in_chans, patch_size, late_stage, late_vit_depth, late_cnn_depth,
-                             late_upsample, late_merge, drop_path_rate, block_kwargs)
+            self._build_late(
+                img_size,
+                in_chans,
+                patch_size,
+                late_stage,
+                late_vit_depth,
+                late_cnn_depth,
+                late_upsample,
+                late_merge,
+                drop_path_rate,
+                block_kwargs,
+            )
         elif method == "early":
-            self._build_early(img_size, in_chans, patch_size, early_depth, bridge_upsample, bridge_stages,
-                              bridge_channels, drop_path_rate, block_kwargs)
+            self._build_early(
+                img_size,
+                in_chans,
+                patch_size,
+                early_depth,
+                bridge_upsample,
+                bridge_stages,
+                bridge_channels,
+                drop_path_rate,
+                block_kwargs,
+            )
             self.head_grid = grid
         else:
-            self._build_layer(img_size, in_chans, patch_size, mixing_depths, final_depth, class_token,
-                              drop_path_rate, block_kwargs)
+            self._build_layer(
+                img_size,
+                in_chans,
+                patch_size,
+                mixing_depths,
+                final_depth,
+                class_token,
+                drop_path_rate,
+                block_kwargs,
+            )
             self.head_grid = grid
 
-        self.head = PoolingHead(head, self.token_dim, self.head_grid, self.num_prefix_tokens, num_classes,
-                                drop_rate)
+        self.head = PoolingHead(
+            head, self.token_dim, self.head_grid, self.num_prefix_tokens, num_classes, drop_rate
+        )
         self.num_features = self.head_hidden_size = self.head.num_features
         self.global_pool = head
         for name, module in self.named_children():
@@ -210,21 +253,29 @@ class TokenFusion(nn.Module):
                 module.apply(_init_transformer_weights)
 
     # ------------------------------------------------------------------ construction
-    def _build_late(self, img_size: int, in_chans: int, patch_size: int, stage: int,
-                    vit_depth: int, cnn_depth: int, upsample: Upsample, merge: Merge, drop_path_rate: float,
-                    block_kwargs: dict[str, Any]) -> None:
+    def _build_late(
+        self,
+        img_size: int,
+        in_chans: int,
+        patch_size: int,
+        stage: int,
+        vit_depth: int,
+        cnn_depth: int,
+        upsample: Upsample,
+        merge: Merge,
+        drop_path_rate: float,
+        block_kwargs: dict[str, Any],
+    ) -> None:
         stride = STAGE_STRIDES[stage]
         self.late_stage = stage
         self.patch_tokens = PatchTokens(img_size, patch_size, in_chans, self.embed_dim)
-        self.vit_blocks = _block_stack(vit_depth, _linspace(drop_path_rate, vit_depth),
-                                       **block_kwargs)
+        self.vit_blocks = _block_stack(vit_depth, _linspace(drop_path_rate, vit_depth), **block_kwargs)
         # Eq. 1 with P = 1: every pixel of the stage map is a token, linearly embedded + position.
         self.cnn_embed = nn.Linear(self.stage_channels[stage], self.embed_dim)
         self.cnn_grid = (img_size // stride, img_size // stride)
         self.cnn_pos_embed = nn.Parameter(torch.zeros(1, self.cnn_grid[0] * self.cnn_grid[1], self.embed_dim))
         trunc_normal_(self.cnn_pos_embed, std=0.02)
-        self.cnn_blocks = _block_stack(cnn_depth, _linspace(drop_path_rate, cnn_depth),
-                                       **block_kwargs)
+        self.cnn_blocks = _block_stack(cnn_depth, _linspace(drop_path_rate, cnn_depth), **block_kwargs)
         self.late_coarse = "cnn" if stride >= patch_size else "vit"
         scale = max(stride, patch_size) // min(stride, patch_size)
         self.late_fusion = LateFusion(self.embed_dim, scale, upsample, merge)
@@ -232,9 +283,18 @@ class TokenFusion(nn.Module):
         fine = min(stride, patch_size)
         self.head_grid = (img_size // fine, img_size // fine)
 
-    def _build_early(self, img_size: int, in_chans: int, patch_size: int, depth: int, upsample: Upsample,
-                     stages: BridgeStages, bridge_channels: int, drop_path_rate: float,
-                     block_kwargs: dict[str, Any]) -> None:
+    def _build_early(
+        self,
+        img_size: int,
+        in_chans: int,
+        patch_size: int,
+        depth: int,
+        upsample: Upsample,
+        stages: BridgeStages,
+        bridge_channels: int,
+        drop_path_rate: float,
+        block_kwargs: dict[str, Any],
+    ) -> None:
         if stages not in ("multi", "single"):
             raise ModelConfigError(f"bridge_stages must be 'multi' or 'single', got {stages!r}")
         self.bridge_stage_ids = (0, 1, 2, 3, 4) if stages == "multi" else (4,)
@@ -247,9 +307,17 @@ class TokenFusion(nn.Module):
         self.blocks = _block_stack(depth, _linspace(drop_path_rate, depth), **block_kwargs)
         self.token_dim = self.embed_dim
 
-    def _build_layer(self, img_size: int, in_chans: int, patch_size: int, mixing_depths: Sequence[int],
-                     final_depth: int, class_token: bool, drop_path_rate: float,
-                     block_kwargs: dict[str, Any]) -> None:
+    def _build_layer(
+        self,
+        img_size: int,
+        in_chans: int,
+        patch_size: int,
+        mixing_depths: Sequence[int],
+        final_depth: int,
+        class_token: bool,
+        drop_path_rate: float,
+        block_kwargs: dict[str, Any],
+    ) -> None:
         if len(mixing_depths) != 5:
             raise ModelConfigError(f"mixing_depths needs one depth per ResNet stage (5), got {mixing_depths}")
         total = sum(mixing_depths) + final_depth
@@ -258,7 +326,7 @@ class TokenFusion(nn.Module):
         self.mixing_blocks = nn.ModuleList()
         start = 0
         for depth in mixing_depths:
-            self.mixing_blocks.append(_block_stack(depth, dpr[start:start + depth], **block_kwargs))
+            self.mixing_blocks.append(_block_stack(depth, dpr[start : start + depth], **block_kwargs))
             start += depth
         self.stage_tokens = nn.ModuleList(FeatureMapTokens(c, self.embed_dim) for c in self.stage_channels)
         self.mixing_fusions = nn.ModuleList(
@@ -314,8 +382,9 @@ class TokenFusion(nn.Module):
         vit = self._run_blocks(self.vit_blocks, vit)
         fmap = self.stage_maps(x)[-1]
         cnn_grid = tuple(fmap.shape[-2:])
-        pos = resample_abs_pos_embed(self.cnn_pos_embed, new_size=list(cnn_grid), old_size=list(self.cnn_grid),
-                                     num_prefix_tokens=0)
+        pos = resample_abs_pos_embed(
+            self.cnn_pos_embed, new_size=list(cnn_grid), old_size=list(self.cnn_grid), num_prefix_tokens=0
+        )
         cnn = self._run_blocks(self.cnn_blocks, self.cnn_embed(map_to_tokens(fmap)) + pos)
         vit_map, cnn_map = tokens_to_map(vit, grid), tokens_to_map(cnn, cnn_grid)
         if self.late_coarse == "cnn":
@@ -354,8 +423,14 @@ class TokenFusion(nn.Module):
         self.num_classes = num_classes
         param = next(self.trunk.parameters())
         if global_pool is not None and global_pool != self.head.kind:
-            self.head = PoolingHead(global_pool, self.token_dim, self.head_grid, self.num_prefix_tokens,
-                                    num_classes, self.drop_rate)
+            self.head = PoolingHead(
+                global_pool,
+                self.token_dim,
+                self.head_grid,
+                self.num_prefix_tokens,
+                num_classes,
+                self.drop_rate,
+            )
             self.global_pool = global_pool
             self.num_features = self.head_hidden_size = self.head.num_features
         else:
@@ -383,9 +458,19 @@ def _init_transformer_weights(module: nn.Module) -> None:
 
 
 def _cfg(**overrides: Any) -> dict[str, Any]:
-    cfg = dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.875,
-               interpolation="bilinear", mean=_IMAGENET_MEAN, std=_IMAGENET_STD, first_conv="trunk.conv1",
-               classifier="head.fc", fixed_input_size=False)
+    cfg = dict(
+        url="",
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=None,
+        crop_pct=0.875,
+        interpolation="bilinear",
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+        first_conv="trunk.conv1",
+        classifier="head.fc",
+        fixed_input_size=False,
+    )
     cfg.update(overrides)
     return cfg
 

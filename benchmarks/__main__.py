@@ -35,15 +35,29 @@ from benchmarks.harness import RESULTS_FILE, configure_threads, machine_info, up
 OWN = ["framework", "data", "models"]
 #: helper-owned benchmark modules: section -> (module, argv builder(device, quick), default section?)
 EXTERNAL: dict[str, tuple[str, Callable[[str, bool], list[str]], bool]] = {
-    "acanet": ("benchmarks.bench_acanet",
-               lambda d, q: ["--device", d] + (["--reps", "1"] if q else []), True),
+    "acanet": (
+        "benchmarks.bench_acanet",
+        lambda d, q: ["--device", d] + (["--reps", "1"] if q else []),
+        True,
+    ),
     "msfca": ("benchmarks.bench_msfca", lambda d, q: ["--latency"] if d == "cuda" else [], True),
-    "csnet": ("benchmarks.bench_csnet",
-              lambda d, q: ["--device", d] + (["--image-size", "224", "--runs", "1"] if d == "cpu" else
-                                               ["--dtype", "bfloat16", "--batch-size", "32", "--runs", "20"]), False),
-    "tokenfusion": ("benchmarks.bench_tokenfusion",
-                    lambda d, q: ["--device", d] + (["--runs", "20", "--batch-size", "64"] if d == "cuda" else []),
-                    False),
+    "csnet": (
+        "benchmarks.bench_csnet",
+        lambda d, q: (
+            ["--device", d]
+            + (
+                ["--image-size", "224", "--runs", "1"]
+                if d == "cpu"
+                else ["--dtype", "bfloat16", "--batch-size", "32", "--runs", "20"]
+            )
+        ),
+        False,
+    ),
+    "tokenfusion": (
+        "benchmarks.bench_tokenfusion",
+        lambda d, q: ["--device", d] + (["--runs", "20", "--batch-size", "64"] if d == "cuda" else []),
+        False,
+    ),
     "datamodules": ("benchmarks.bench_datamodules", lambda d, q: ["--n", "100"] if q else [], False),
 }
 
@@ -89,12 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     default_sections = OWN + [s for s, (_, _, default) in EXTERNAL.items() if default]
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer models, steps and rounds; a smoke run: prints, does not update RESULTS.md")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer models, steps and rounds; a smoke run: prints, does not update RESULTS.md",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--sections", default=",".join(default_sections),
-                        help=f"comma-separated, from {OWN + list(EXTERNAL)} (default: {','.join(default_sections)})")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on CPU: per-core figures)")
+    parser.add_argument(
+        "--sections",
+        default=",".join(default_sections),
+        help=f"comma-separated, from {OWN + list(EXTERNAL)} (default: {','.join(default_sections)})",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default 1 on CPU: per-core figures)"
+    )
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in OWN and s not in EXTERNAL]
@@ -105,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     threads = configure_threads(device, args.threads)
     write = not (args.quick or args.no_write)
-    common = ["--device", args.device, "--threads", str(threads)] + (["--quick"] if args.quick else []) \
+    common = (
+        ["--device", args.device, "--threads", str(threads)]
+        + (["--quick"] if args.quick else [])
         + ([] if write else ["--no-write"])
+    )
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     start_wall, start_cpu = time.perf_counter(), time.process_time()
@@ -134,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
                 if out is None:
                     status = "skipped (module absent)"
                 elif write:
-                    update_results(f"{section}-{args.device}", f"{section} (helper benchmark, {args.device})",
-                                   out, machine_info(device))
+                    update_results(
+                        f"{section}-{args.device}",
+                        f"{section} (helper benchmark, {args.device})",
+                        out,
+                        machine_info(device),
+                    )
         except Exception:  # noqa: BLE001 - one broken section must not lose the others' figures
             traceback.print_exc()
             status = "FAILED (traceback above)"
@@ -143,12 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         summary.append((section, status, time.perf_counter() - t0))
     wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
     lines = [f"| {s} | {st} | {t:.0f} |" for s, st, t in summary]
-    body = ("| section | status | wall s |\n| --- | --- | --- |\n" + "\n".join(lines)
-            + f"\n\nTotal {wall:.0f} s wall, {cpu:.0f} s CPU time of this process (its DataLoader workers and "
-            f"W&B service not included); flags: {' '.join(sys.argv[1:] if argv is None else argv) or '(none)'}.")
+    body = (
+        "| section | status | wall s |\n| --- | --- | --- |\n"
+        + "\n".join(lines)
+        + f"\n\nTotal {wall:.0f} s wall, {cpu:.0f} s CPU time of this process (its DataLoader workers and "
+        f"W&B service not included); flags: {' '.join(sys.argv[1:] if argv is None else argv) or '(none)'}."
+    )
     if device.type == "cpu":
-        body += ("\n\nGPU figures: not recorded yet (no GPU was available to the session that wrote this "
-                 "file); run `python -m benchmarks --device cuda` on a GPU machine to add them.")
+        body += (
+            "\n\nGPU figures: not recorded yet (no GPU was available to the session that wrote this "
+            "file); run `python -m benchmarks --device cuda` on a GPU machine to add them."
+        )
     if write:
         update_results(f"run-{args.device}", f"Last run ({args.device})", body, machine_info(device))
     print(f"\n{body}\n\nresults: {RESULTS_FILE if write else '(not written: --quick / --no-write)'}")

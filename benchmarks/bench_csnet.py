@@ -48,11 +48,19 @@ def cs_macs_analytic(model: CSNet, image_size: int) -> float:
         total += ch * cl * nh + cl * cl * nh + cl * cl * (nl if cs.channel.value == "low" else nh)
     if cs.spatial is not None:
         d = cs.spatial.query.out_channels
-        total += cl * d * nl + ch * d * nh + cs.spatial.proj_value.in_channels * cl * nh + nl * nh * d + nl * nh * cl
+        total += (
+            cl * d * nl
+            + ch * d * nh
+            + cs.spatial.proj_value.in_channels * cl * nh
+            + nl * nh * d
+            + nl * nh * cl
+        )
     if cs.merge is not None:
         total += 2 * cl * cl * nl
     if cs.fusion.mode == "conv":
-        total += sum(m.in_channels * m.out_channels for m in cs.fusion.modules() if isinstance(m, nn.Conv2d)) * nh
+        total += (
+            sum(m.in_channels * m.out_channels for m in cs.fusion.modules() if isinstance(m, nn.Conv2d)) * nh
+        )
     elif cs.fusion.mode == "sum":
         total += cl * ch * nh
     return total / 1e9
@@ -72,16 +80,22 @@ def main() -> None:
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
     name_dev = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"# CS-Net benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {name_dev}, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.dtype}, {size}x{size}, "
-          f"batch {args.batch_size}\n")
-    print("| model | params (M) | MACs (G) | CS MACs (G) | CS MACs analytic (G) | eval (ms) | train step (ms) |")
+    print(
+        f"# CS-Net benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {name_dev}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.dtype}, {size}x{size}, "
+        f"batch {args.batch_size}\n"
+    )
+    print(
+        "| model | params (M) | MACs (G) | CS MACs (G) | CS MACs analytic (G) | eval (ms) | train step (ms) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
         model = timm.create_model(name, num_classes=200).to(device)
         one = torch.randn(1, 3, size, size, device=device)
         total = macs(lambda m=model, x=one: m(x))
-        trunk = macs(lambda m=model, x=one: m.trunk.forward_intermediates(x, indices=[4], intermediates_only=True))
+        trunk = macs(
+            lambda m=model, x=one: m.trunk.forward_intermediates(x, indices=[4], intermediates_only=True)
+        )
         head = model.num_features * 200 / 1e9
         x = torch.randn(args.batch_size, 3, size, size, device=device)
         model.eval()
@@ -101,8 +115,10 @@ def main() -> None:
         model.eval()
         eval_ms = median_ms(infer, device, args.runs, args.warmup) if args.runs else float("nan")
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"| {name} | {params:.2f} | {total:.2f} | {total - trunk - head:.3f} | "
-              f"{cs_macs_analytic(model, size):.3f} | {eval_ms:.0f} | {train_ms:.0f} |")
+        print(
+            f"| {name} | {params:.2f} | {total:.2f} | {total - trunk - head:.3f} | "
+            f"{cs_macs_analytic(model, size):.3f} | {eval_ms:.0f} | {train_ms:.0f} |"
+        )
         del model
 
 

@@ -53,9 +53,20 @@ def _inner(zip_path: Path, batch_size: int, workers: int, persistent: bool = Tru
     from datamodules import ImageFolderDataModule
 
     return ImageFolderDataModule(
-        root=str(zip_path), split="ratio", split_ratios=(0.9, 0.1), image_size=32, resize_size=32,
-        train_crop="random", crop_padding=4, hflip=0.5, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        batch_size=batch_size, num_workers=workers, persistent_workers=persistent, pin_memory=True,
+        root=str(zip_path),
+        split="ratio",
+        split_ratios=(0.9, 0.1),
+        image_size=32,
+        resize_size=32,
+        train_crop="random",
+        crop_padding=4,
+        hflip=0.5,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=persistent,
+        pin_memory=True,
     )
 
 
@@ -106,8 +117,15 @@ class _Trainer:
         self.waits.append(wait)
 
 
-def run(device: torch.device, quick: bool, full: bool, batch_size: int | None, workers: int | None,
-        steps: int | None, reps: int | None) -> str | None:
+def run(
+    device: torch.device,
+    quick: bool,
+    full: bool,
+    batch_size: int | None,
+    workers: int | None,
+    steps: int | None,
+    reps: int | None,
+) -> str | None:
     from datamodules.tensor_cache import TensorCacheDataModule
 
     cuda = device.type == "cuda"
@@ -133,7 +151,9 @@ def run(device: torch.device, quick: bool, full: bool, batch_size: int | None, w
 
     with tempfile.TemporaryDirectory(prefix="bench-tcache-") as cache_dir:
         t0 = time.perf_counter()
-        build = TensorCacheDataModule(_inner(zip_path, batch_size, workers), device=device.type, cache_dir=cache_dir)
+        build = TensorCacheDataModule(
+            _inner(zip_path, batch_size, workers), device=device.type, cache_dir=cache_dir
+        )
         build.prepare_data()
         build.setup("fit")
         synchronize(device)
@@ -141,8 +161,9 @@ def run(device: torch.device, quick: bool, full: bool, batch_size: int | None, w
         decoded = build.decoded_images
         del build
         t0 = time.perf_counter()
-        cache_dm = TensorCacheDataModule(_inner(zip_path, batch_size, workers), device=device.type,
-                                         cache_dir=cache_dir)
+        cache_dm = TensorCacheDataModule(
+            _inner(zip_path, batch_size, workers), device=device.type, cache_dir=cache_dir
+        )
         cache_dm.setup("fit")
         synchronize(device)
         load_s = time.perf_counter() - t0
@@ -152,11 +173,16 @@ def run(device: torch.device, quick: bool, full: bool, batch_size: int | None, w
         # 1. pipeline alone, one epoch each
         # the single-process pass is the slow one: a fixed number of batches (the full archive on GPU runs)
         single_batches = min(len(single_loader), 20 if not cuda else 40)
-        pipe = interleaved({
-            f"PIL DataLoader, {workers} worker(s)": lambda: _epoch(pil_loader, device),
-            "PIL, no worker (per core)": lambda: _epoch(single_loader, device, limit=single_batches),
-            f"tensor cache on {device.type}": lambda: _epoch(cache_loader, device),
-        }, device, warmup=1, reps=reps)
+        pipe = interleaved(
+            {
+                f"PIL DataLoader, {workers} worker(s)": lambda: _epoch(pil_loader, device),
+                "PIL, no worker (per core)": lambda: _epoch(single_loader, device, limit=single_batches),
+                f"tensor cache on {device.type}": lambda: _epoch(cache_loader, device),
+            },
+            device,
+            warmup=1,
+            reps=reps,
+        )
         epoch_imgs = len(cache_loader) * batch_size
         pil_epoch_imgs = len(pil_loader) * batch_size
         pipe_rows = []
@@ -165,8 +191,15 @@ def run(device: torch.device, quick: bool, full: bool, batch_size: int | None, w
         for name in names:
             imgs = counts[name]
             speed = (imgs / pipe[name].median) / (counts[names[0]] / pipe[names[0]].median)
-            pipe_rows.append([name, fmt(n_train * pipe[name].median / imgs, 2), fmt(imgs / pipe[name].median),
-                              f"{speed:.2f}x", f"{pipe[name].spread * 100:.0f}%"])
+            pipe_rows.append(
+                [
+                    name,
+                    fmt(n_train * pipe[name].median / imgs, 2),
+                    fmt(imgs / pipe[name].median),
+                    f"{speed:.2f}x",
+                    f"{pipe[name].spread * 100:.0f}%",
+                ]
+            )
         per_core_img_s = counts[names[1]] / pipe[names[1]].median
         cache_img_s = epoch_imgs / pipe[names[2]].median
         saved_epoch = n_train / per_core_img_s - n_train / cache_img_s
@@ -177,16 +210,24 @@ def run(device: torch.device, quick: bool, full: bool, batch_size: int | None, w
         model = timm.create_model("resnet18", num_classes=10).to(device)
         if cuda:
             model = model.to(memory_format=torch.channels_last)
-        runs = {"PIL DataLoader": _Trainer(model, pil_loader, device, steps, cuda),
-                "tensor cache": _Trainer(model, cache_loader, device, steps, cuda)}
+        runs = {
+            "PIL DataLoader": _Trainer(model, pil_loader, device, steps, cuda),
+            "tensor cache": _Trainer(model, cache_loader, device, steps, cuda),
+        }
         train = interleaved(dict(runs), device, warmup=1, reps=reps)
         train_rows = []
         for name, r in runs.items():
             timed = r.walls[1:]  # first call was the warm-up
             waits = r.waits[1:]
             frac = sorted(w / t for w, t in zip(waits, timed))[len(timed) // 2]
-            train_rows.append([name, fmt(steps * batch_size / train[name].median), f"{frac * 100:.1f}%",
-                               f"{train[name].spread * 100:.0f}%"])
+            train_rows.append(
+                [
+                    name,
+                    fmt(steps * batch_size / train[name].median),
+                    f"{frac * 100:.1f}%",
+                    f"{train[name].spread * 100:.0f}%",
+                ]
+            )
         speedup = 1 / ratio(train["tensor cache"], train["PIL DataLoader"])
 
     # 3. loader settings: persistent workers (epoch start) and pinned memory (H2D copy)
@@ -205,17 +246,33 @@ def run(device: torch.device, quick: bool, full: bool, batch_size: int | None, w
                 times.append(time.perf_counter() - t)
             first_batch[persistent] = sorted(times)[len(times) // 2]
             del loader, dm
-        setting_rows.append(["persistent_workers: false -> true", "time to first batch of a later epoch",
-                             f"{first_batch[False] * 1e3:,.0f} ms -> {first_batch[True] * 1e3:,.0f} ms"])
+        setting_rows.append(
+            [
+                "persistent_workers: false -> true",
+                "time to first batch of a later epoch",
+                f"{first_batch[False] * 1e3:,.0f} ms -> {first_batch[True] * 1e3:,.0f} ms",
+            ]
+        )
     if cuda:
         x = torch.randn(batch_size, 3, 32, 32)
         xp = x.pin_memory()
-        copies = interleaved({"pageable": lambda: x.to(device), "pinned": lambda: xp.to(device, non_blocking=True)},
-                             device, warmup=2, reps=20)
-        setting_rows.append(["pin_memory: false -> true", f"H2D copy of a {batch_size}x3x32x32 fp32 batch",
-                             f"{copies['pageable'].median * 1e6:,.0f} us -> {copies['pinned'].median * 1e6:,.0f} us"])
+        copies = interleaved(
+            {"pageable": lambda: x.to(device), "pinned": lambda: xp.to(device, non_blocking=True)},
+            device,
+            warmup=2,
+            reps=20,
+        )
+        setting_rows.append(
+            [
+                "pin_memory: false -> true",
+                f"H2D copy of a {batch_size}x3x32x32 fp32 batch",
+                f"{copies['pageable'].median * 1e6:,.0f} us -> {copies['pinned'].median * 1e6:,.0f} us",
+            ]
+        )
     else:
-        setting_rows.append(["pin_memory", "host-to-device copy", "n/a on CPU (only used when CUDA is available)"])
+        setting_rows.append(
+            ["pin_memory", "host-to-device copy", "n/a on CPU (only used when CUDA is available)"]
+        )
 
     body = (
         f"Data: `{zip_path.name}` via `ImageFolderDataModule` (zip root), {n_train:,} training JPEGs (32x32), random "
@@ -223,7 +280,9 @@ def run(device: torch.device, quick: bool, full: bool, batch_size: int | None, w
         f"(listing + split) {setup_s:.1f} s. Tensor cache: built (decoded {decoded:,} images once, all splits) in "
         f"{build_s:.1f} s; loaded again from disk in {load_s:.2f} s.\n\n"
         "**Pipeline alone (one epoch)**\n\n"
-        + markdown_table(["pipeline", "s/epoch (train split)", "img/s", "vs PIL DataLoader", "spread"], pipe_rows)
+        + markdown_table(
+            ["pipeline", "s/epoch (train split)", "img/s", "vs PIL DataLoader", "spread"], pipe_rows
+        )
         + f"\n\nPer-epoch JPEG decode + augmentation the cache removes: {saved_epoch:.2f} s per epoch of this archive "
         f"on one core ({per_core_img_s:,.0f} img/s per core with PIL), i.e. about {saved_full:,.0f} core-seconds "
         "per epoch of the 50,000-image CIFAR-10 training set.\n\n"
@@ -244,7 +303,9 @@ def main(argv: list[str] | None = None) -> str | None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--full", action="store_true", help="the 50,000-image archive also on CPU (slow)")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 1 CPU, 8 CUDA)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers (default 1 CPU, 8 CUDA)"
+    )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on CPU)")
@@ -257,8 +318,12 @@ def main(argv: list[str] | None = None) -> str | None:
         return None
     print(f"\n## Data pipeline ({device.type})\n\n{body}\n")
     if not args.no_write:
-        update_results(f"data-{device.type}", f"Data pipeline: PIL DataLoader vs tensor cache ({device.type})", body,
-                       machine_info(device))
+        update_results(
+            f"data-{device.type}",
+            f"Data pipeline: PIL DataLoader vs tensor cache ({device.type})",
+            body,
+            machine_info(device),
+        )
     return body
 
 

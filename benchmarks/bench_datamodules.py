@@ -77,33 +77,69 @@ def main() -> None:
 
     cifar = CIFAR10DataModule(root="unused")
     x32 = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    rows.append(("CIFAR-10 train (RandomCrop 32 pad 4, flip, normalise), in memory", rate(lambda: cifar.train_transform(x32), args.n * 4)))
+    rows.append(
+        (
+            "CIFAR-10 train (RandomCrop 32 pad 4, flip, normalise), in memory",
+            rate(lambda: cifar.train_transform(x32), args.n * 4),
+        )
+    )
     rows.append(("CIFAR-10 eval, in memory", rate(lambda: cifar.eval_transform(x32), args.n * 4)))
     digits = DigitsDataModule()
-    rows.append(("Digits train (RandomCrop 32 pad 3, normalise), in memory", rate(lambda: digits.train_transform(x32), args.n * 4)))
+    rows.append(
+        (
+            "Digits train (RandomCrop 32 pad 3, normalise), in memory",
+            rate(lambda: digits.train_transform(x32), args.n * 4),
+        )
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         jpeg = sample_jpeg(Path(tmp))
         fine = ClassificationDataModule(image_size=224)
         rows.append(("JPEG 500x375 decode + RGB only", rate(lambda: load_rgb(jpeg), args.n)))
-        rows.append(("JPEG 500x375 decode + RandomResizedCrop 224 + flip + normalise", rate(lambda: fine.train_transform(load_rgb(jpeg)), args.n)))
-        rows.append(("JPEG 500x375 decode + resize 256 + centre crop 224 + normalise", rate(lambda: fine.eval_transform(load_rgb(jpeg)), args.n)))
+        rows.append(
+            (
+                "JPEG 500x375 decode + RandomResizedCrop 224 + flip + normalise",
+                rate(lambda: fine.train_transform(load_rgb(jpeg)), args.n),
+            )
+        )
+        rows.append(
+            (
+                "JPEG 500x375 decode + resize 256 + centre crop 224 + normalise",
+                rate(lambda: fine.eval_transform(load_rgb(jpeg)), args.n),
+            )
+        )
 
         archive = SHARED_DATA / "cifar10-mini.zip"
         if archive.is_file():
-            dm = ImageFolderDataModule(root=str(archive), cache_dir=os.path.join(tmp, "cache"), image_size=32,
-                                       resize_size=32, train_crop="random", crop_padding=4, split_ratios=(0.9, 0.1),
-                                       batch_size=64, num_workers=0)
+            dm = ImageFolderDataModule(
+                root=str(archive),
+                cache_dir=os.path.join(tmp, "cache"),
+                image_size=32,
+                resize_size=32,
+                train_crop="random",
+                crop_padding=4,
+                split_ratios=(0.9, 0.1),
+                batch_size=64,
+                num_workers=0,
+            )
             dm.setup()
             loader = dm.train_dataloader()
             start = time.perf_counter()
             seen = sum(len(batch[1]) for batch in loader)
-            rows.append((f"ImageFolder epoch over cifar10-mini.zip ({seen} real JPEGs, 32 px, batch 64)",
-                         seen / (time.perf_counter() - start)))
+            rows.append(
+                (
+                    f"ImageFolder epoch over cifar10-mini.zip ({seen} real JPEGs, 32 px, batch 64)",
+                    seen / (time.perf_counter() - start),
+                )
+            )
 
-    header = (f"\n### Input pipeline, images/s per core ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
-              f"torch {torch.__version__}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f})\n\n")
-    table = "| pipeline | img/s per core |\n| --- | ---: |\n" + "".join(f"| {name} | {value:,.0f} |\n" for name, value in rows)
+    header = (
+        f"\n### Input pipeline, images/s per core ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f})\n\n"
+    )
+    table = "| pipeline | img/s per core |\n| --- | ---: |\n" + "".join(
+        f"| {name} | {value:,.0f} |\n" for name, value in rows
+    )
     print(header + table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,15 @@ import backbones  # noqa: F401 - registers the FFT models
 
 PAPER_PARAMS_M = {"fft_tiny": 43, "fft_base": 266, "fft_large": 566}
 MODELS: dict[str, dict] = {
-    "fft_tiny": {}, "fft_base": {}, "fft_large": {}, "fft_base_no_ram": {}, "fft_base_no_pos": {},
-    "resnet18_vit": {}, "resnet18_linear": {},
-    "vit_base_patch16_224": {"dynamic_img_size": True}, "deit_small_patch16_224": {"dynamic_img_size": True},
+    "fft_tiny": {},
+    "fft_base": {},
+    "fft_large": {},
+    "fft_base_no_ram": {},
+    "fft_base_no_pos": {},
+    "resnet18_vit": {},
+    "resnet18_linear": {},
+    "vit_base_patch16_224": {"dynamic_img_size": True},
+    "deit_small_patch16_224": {"dynamic_img_size": True},
     "tnt_s_patch16_224": {},
 }
 
@@ -43,8 +49,16 @@ def complexity(name: str, image_size: int, num_classes: int) -> tuple[float, flo
     return params, counter.get_total_flops() / 2e9
 
 
-def throughput(name: str, image_size: int, num_classes: int, batch_size: int, device: str, precision: str,
-               steps: int, warmup: int) -> float:
+def throughput(
+    name: str,
+    image_size: int,
+    num_classes: int,
+    batch_size: int,
+    device: str,
+    precision: str,
+    steps: int,
+    warmup: int,
+) -> float:
     """Training images per second (forward + backward + SGD step) on random data."""
     model = timm.create_model(name, num_classes=num_classes, img_size=image_size, **MODELS.get(name, {}))
     model = model.to(device).train()
@@ -73,7 +87,9 @@ def throughput(name: str, image_size: int, num_classes: int, batch_size: int, de
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--throughput", metavar="MODEL", help="also time training steps of this model")
@@ -92,10 +108,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         gap = f"{paper} ({(params - paper) / paper:+.1%})" if paper else "-"
         print(f"| {name} | {params:.1f} | {gap} | {macs:.2f} |")
     if args.throughput:
-        ips = throughput(args.throughput, args.image_size, args.num_classes, args.batch_size, args.device,
-                         args.precision, args.steps, args.warmup)
-        print(f"\n{args.throughput} training throughput: {ips:.1f} img/s "
-              f"(batch {args.batch_size}, {args.image_size}px, {args.precision}, {args.device})")
+        ips = throughput(
+            args.throughput,
+            args.image_size,
+            args.num_classes,
+            args.batch_size,
+            args.device,
+            args.precision,
+            args.steps,
+            args.warmup,
+        )
+        print(
+            f"\n{args.throughput} training throughput: {ips:.1f} img/s "
+            f"(batch {args.batch_size}, {args.image_size}px, {args.precision}, {args.device})"
+        )
 
 
 if __name__ == "__main__":

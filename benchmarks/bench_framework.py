@@ -69,14 +69,16 @@ class _StepTimer(Callback):
         self.skip, self.last, self.device = skip, last, device
         self.t0 = self.t1 = 0.0
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if batch_idx == self.skip:
             synchronize(self.device)
             self.t0 = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if batch_idx == self.last:
             synchronize(self.device)
             self.t1 = time.perf_counter()
@@ -102,8 +104,9 @@ class _PlainModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
-def bare_loop(net: nn.Module, batches: list[tuple[Tensor, Tensor]], lr: float, skip: int,
-              device: torch.device) -> float:
+def bare_loop(
+    net: nn.Module, batches: list[tuple[Tensor, Tensor]], lr: float, skip: int, device: torch.device
+) -> float:
     """Seconds of steps ``skip..`` of a plain PyTorch loop over ``batches`` (fresh optimiser, like a new fit)."""
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
@@ -121,12 +124,24 @@ def bare_loop(net: nn.Module, batches: list[tuple[Tensor, Tensor]], lr: float, s
 
 
 def _trainer(device: torch.device, timer: _StepTimer, defaults: bool, workdir: str) -> L.Trainer:
-    common: dict[str, Any] = dict(accelerator=device.type, devices=1, max_epochs=1, limit_val_batches=0,
-                                  num_sanity_val_steps=0, callbacks=[timer], default_root_dir=workdir,
-                                  precision="32-true")
+    common: dict[str, Any] = dict(
+        accelerator=device.type,
+        devices=1,
+        max_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+        default_root_dir=workdir,
+        precision="32-true",
+    )
     if not defaults:
-        return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, **common)
+        return L.Trainer(
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **common,
+        )
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from lightning_modules.checkpoint_io import AtomicCheckpointIO
@@ -139,11 +154,25 @@ def _trainer(device: torch.device, timer: _StepTimer, defaults: bool, workdir: s
         from lightning.pytorch.loggers import CSVLogger
 
         logger = CSVLogger(workdir)
-    common["callbacks"] = [timer, ModelCheckpoint(dirpath=os.path.join(workdir, "ckpt"), monitor="val/acc1",
-                                                  mode="max", save_top_k=1, save_last=True),
-                           LearningRateMonitor(logging_interval="step")]
-    return L.Trainer(logger=logger, enable_progress_bar=True, log_every_n_steps=20, benchmark=True,
-                     plugins=[AtomicCheckpointIO()], **common)
+    common["callbacks"] = [
+        timer,
+        ModelCheckpoint(
+            dirpath=os.path.join(workdir, "ckpt"),
+            monitor="val/acc1",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+        ),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    return L.Trainer(
+        logger=logger,
+        enable_progress_bar=True,
+        log_every_n_steps=20,
+        benchmark=True,
+        plugins=[AtomicCheckpointIO()],
+        **common,
+    )
 
 
 def tiny_overhead(device: torch.device, quick: bool, skip: int = 5) -> dict[str, float]:
@@ -156,8 +185,13 @@ def tiny_overhead(device: torch.device, quick: bool, skip: int = 5) -> dict[str,
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 64), nn.ReLU(), nn.Linear(64, 10)).to(device)
     gen = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(batch, 3, 32, 32, generator=gen).to(device),
-                torch.randint(0, 10, (batch,), generator=gen).to(device)) for _ in range(steps)]
+    batches = [
+        (
+            torch.randn(batch, 3, 32, 32, generator=gen).to(device),
+            torch.randint(0, 10, (batch,), generator=gen).to(device),
+        )
+        for _ in range(steps)
+    ]
     data = _Batches(batches)
     plain = _PlainModule(net, 0.01)
 
@@ -176,13 +210,24 @@ def tiny_overhead(device: torch.device, quick: bool, skip: int = 5) -> dict[str,
         bare_t.seconds.append(bare_loop(net, batches, 0.01, skip, device))
         light_t.seconds.append(lightning())
     timed = steps - skip
-    return {"bare_ms": bare_t.median / timed * 1e3, "lightning_ms": light_t.median / timed * 1e3,
-            "overhead_ms": (light_t.median - bare_t.median) / timed * 1e3, "spread": light_t.spread,
-            "steps": timed, "rounds": rounds}
+    return {
+        "bare_ms": bare_t.median / timed * 1e3,
+        "lightning_ms": light_t.median / timed * 1e3,
+        "overhead_ms": (light_t.median - bare_t.median) / timed * 1e3,
+        "spread": light_t.spread,
+        "steps": timed,
+        "rounds": rounds,
+    }
 
 
-def run(device: torch.device, quick: bool = False, batch_size: int | None = None, steps: int | None = None,
-        rounds: int | None = None, skip: int = 2) -> tuple[str, dict[str, Any]]:
+def run(
+    device: torch.device,
+    quick: bool = False,
+    batch_size: int | None = None,
+    steps: int | None = None,
+    rounds: int | None = None,
+    skip: int = 2,
+) -> tuple[str, dict[str, Any]]:
     """Measure the four loops; return the markdown section and the raw figures."""
     from lightning_modules import ClassificationTask
 
@@ -192,14 +237,20 @@ def run(device: torch.device, quick: bool = False, batch_size: int | None = None
     rounds = rounds or (2 if quick else 3)
     lr = 0.01
     torch.manual_seed(0)
-    task = ClassificationTask(backbone="resnet18", num_classes=10,
-                              optimizer=lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9))
+    task = ClassificationTask(
+        backbone="resnet18", num_classes=10, optimizer=lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9)
+    )
     task.to(device)
     net = task.backbone
     plain = _PlainModule(net, lr)
     gen = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(batch_size, 3, 32, 32, generator=gen).to(device),
-                torch.randint(0, 10, (batch_size,), generator=gen).to(device)) for _ in range(steps)]
+    batches = [
+        (
+            torch.randn(batch_size, 3, 32, 32, generator=gen).to(device),
+            torch.randint(0, 10, (batch_size,), generator=gen).to(device),
+        )
+        for _ in range(steps)
+    ]
     data = _Batches(batches)
     timed_steps = steps - skip
 
@@ -223,14 +274,16 @@ def run(device: torch.device, quick: bool = False, batch_size: int | None = None
 
                         wandb.finish(quiet=True)
             return timer.seconds
+
         return go
 
     cases: dict[str, Callable[[], float]] = {
         "bare PyTorch loop": lambda: bare_loop(net, batches, lr, skip, device),
         "Lightning, logger/ckpt/progress off": lightning_case(plain, False, "lightning"),
         "ClassificationTask, logger/ckpt/progress off": lightning_case(task, False, "task"),
-        "ClassificationTask + base.yaml defaults (W&B offline, ckpt, LR monitor, progress bar)":
-            lightning_case(task, True, "task-defaults"),
+        "ClassificationTask + base.yaml defaults (W&B offline, ckpt, LR monitor, progress bar)": lightning_case(
+            task, True, "task-defaults"
+        ),
     }
     import logging
 
@@ -244,17 +297,27 @@ def run(device: torch.device, quick: bool = False, batch_size: int | None = None
     bare = timings["bare PyTorch loop"]
     rows = []
     figures: dict[str, Any] = {"batch_size": batch_size, "timed_steps": timed_steps, "rounds": rounds}
-    wall_keys = {"Lightning, logger/ckpt/progress off": "lightning",
-                 "ClassificationTask, logger/ckpt/progress off": "task"}
+    wall_keys = {
+        "Lightning, logger/ckpt/progress off": "lightning",
+        "ClassificationTask, logger/ckpt/progress off": "task",
+    }
     for name, t in timings.items():
         per_step = t.median / timed_steps
         r = ratio(t, bare)
         overhead_ms = (t.median - bare.median) / timed_steps * 1e3
         wall_key = wall_keys.get(name, "task-defaults" if "defaults" in name else None)
         wall = fit_walls.get(wall_key) if wall_key else None
-        rows.append([name, fmt(per_step * 1e3, 2), fmt(batch_size / per_step), f"{r:.3f}x",
-                     "-" if name == bare.name else f"{overhead_ms:+.2f}", f"{t.spread * 100:.0f}%",
-                     fmt(min(wall), 2) if wall else "-"])
+        rows.append(
+            [
+                name,
+                fmt(per_step * 1e3, 2),
+                fmt(batch_size / per_step),
+                f"{r:.3f}x",
+                "-" if name == bare.name else f"{overhead_ms:+.2f}",
+                f"{t.spread * 100:.0f}%",
+                fmt(min(wall), 2) if wall else "-",
+            ]
+        )
         figures[name] = {"ms_per_step": per_step * 1e3, "ratio": r}
     target = figures["Lightning, logger/ckpt/progress off"]["ratio"]
     tiny = tiny_overhead(device, quick)
@@ -265,8 +328,18 @@ def run(device: torch.device, quick: bool = False, batch_size: int | None = None
         f"ResNet-18 (timm, 10 classes), 32x32 input, batch {batch_size}, SGD momentum, {timed_steps} timed steps "
         f"per run after {skip} untimed, {rounds} interleaved rounds, median; same module object and the same "
         f"in-memory batches on `{device.type}` for every loop.\n\n"
-        + markdown_table(["loop", "ms/step", "img/s", "vs bare (median of per-round ratios)",
-                          "overhead ms/step", "spread", "whole fit() s (incl. start-up)"], rows)
+        + markdown_table(
+            [
+                "loop",
+                "ms/step",
+                "img/s",
+                "vs bare (median of per-round ratios)",
+                "overhead ms/step",
+                "spread",
+                "whole fit() s (incl. start-up)",
+            ],
+            rows,
+        )
         + f"\n\nDirect measurement: Lightning / bare = **{target:.3f}x** on this run ('spread' is (max - min) / median "
         "of the rounds: on a shared machine a difference below the spread is noise).\n\n"
         f"Lightning's own time per step, measured where it is visible (a 3072-64-10 MLP, batch 32, whose step costs "
@@ -295,8 +368,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = machine_info(device)
     print(f"\n## Framework overhead ({device.type})\n\n{body}\n")
     if not args.no_write:
-        update_results(f"framework-{device.type}", f"Framework overhead: Lightning vs bare PyTorch ({device.type})",
-                       body, info)
+        update_results(
+            f"framework-{device.type}",
+            f"Framework overhead: Lightning vs bare PyTorch ({device.type})",
+            body,
+            info,
+        )
     return figures
 
 

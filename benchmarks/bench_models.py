@@ -106,8 +106,14 @@ def matched_resnet(flops: float, size: int, cache: dict[tuple[str, int], int]) -
 class Runner:
     """A model with its training step and inference call at one setting."""
 
-    def __init__(self, name: str, s: Setting, model: nn.Module | None = None, fused: bool = False,
-                 compile_model: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        s: Setting,
+        model: nn.Module | None = None,
+        fused: bool = False,
+        compile_model: bool = False,
+    ) -> None:
         self.name, self.s = name, s
         self.model = model if model is not None else _make(name, s.device, s.channels_last)
         kwargs: dict[str, Any] = {"fused": True} if fused else {}
@@ -142,20 +148,29 @@ class Runner:
             return train_step_flops(self.model, self.x, lambda out: F.cross_entropy(out, self.y))
 
 
-def _row_figures(r: Runner, train_s: float, infer_s: float, flops_step: int, peak_tflops: float | None
-                 ) -> dict[str, Any]:
+def _row_figures(
+    r: Runner, train_s: float, infer_s: float, flops_step: int, peak_tflops: float | None
+) -> dict[str, Any]:
     b = r.s.batch
     achieved = flops_step / train_s / 1e12
     return {
-        "train_img_s": b / train_s, "infer_img_s": b / infer_s,
+        "train_img_s": b / train_s,
+        "infer_img_s": b / infer_s,
         "train_gflop_img": flops_step / b / 1e9,
         "achieved_tflops": achieved,
         "mfu": achieved / peak_tflops if peak_tflops else None,
     }
 
 
-def models_table(device: torch.device, quick: bool, names: list[str], reps: int | None,
-                 size: int | None, batch: int | None, profile: bool = True) -> tuple[str, list[dict[str, Any]]]:
+def models_table(
+    device: torch.device,
+    quick: bool,
+    names: list[str],
+    reps: int | None,
+    size: int | None,
+    batch: int | None,
+    profile: bool = True,
+) -> tuple[str, list[dict[str, Any]]]:
     cuda = device.type == "cuda"
     reps = reps or (2 if not cuda else 10) if quick else reps or (3 if not cuda else 20)
     peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if cuda else None
@@ -163,8 +178,13 @@ def models_table(device: torch.device, quick: bool, names: list[str], reps: int 
     rows, records = [], []
     profiles: list[str] = []
     for name in names:
-        s = Setting(device, size or (FULL_SIZE.get(name, 224) if cuda else 64),
-                    batch or (CUDA_BATCH.get(name, 128) if cuda else 2), amp=cuda, channels_last=cuda)
+        s = Setting(
+            device,
+            size or (FULL_SIZE.get(name, 224) if cuda else 64),
+            batch or (CUDA_BATCH.get(name, 128) if cuda else 2),
+            amp=cuda,
+            channels_last=cuda,
+        )
         try:
             model_runner = Runner(name, s)
         except Exception as err:  # noqa: BLE001 - report and go on with the other models
@@ -198,54 +218,97 @@ def models_table(device: torch.device, quick: bool, names: list[str], reps: int 
                 return F.cross_entropy(mr.fn(mr.x), mr.y)
 
         act_mib = saved_activation_bytes(mr.model, fwd_loss) / 2**20
-        fig = _row_figures(model_runner, timings["model-train"].median, timings["model-infer"].median,
-                           step_flops["model"], peak)
+        fig = _row_figures(
+            model_runner,
+            timings["model-train"].median,
+            timings["model-infer"].median,
+            step_flops["model"],
+            peak,
+        )
         eff_train = eff_infer = None
         if "ref" in runners:
             ref_fwd = flops_cache[(ref_name, s.size)]
             # img/s per GFLOP relative to the ResNet: (t_ref / t_model) x (flops_model / flops_ref)
-            eff_train = (1 / ratio(timings["model-train"], timings["ref-train"])) * \
-                (step_flops["model"] / step_flops["ref"])
+            eff_train = (1 / ratio(timings["model-train"], timings["ref-train"])) * (
+                step_flops["model"] / step_flops["ref"]
+            )
             eff_infer = (1 / ratio(timings["model-infer"], timings["ref-infer"])) * (fwd / ref_fwd)
         flag = " **<0.7x**" if eff_train is not None and eff_train < FLAG else ""
         if flag and profile:
             ops = top_ops(model_runner.train_step, device)
-            profiles.append(f"- `{name}` ({s.size}px, batch {s.batch}): " + ", ".join(
-                f"`{op}` {pct:.0f}% ({calls} calls)" for op, pct, calls in ops))
-        rows.append([
-            name, f"{s.size}px b{s.batch}", fmt(params), fmt(fwd / 2e9, 2), fmt(fig["train_img_s"]),
-            fmt(fig["infer_img_s"]), fmt(mem.mib, 0) if cuda and mem.mib is not None else "-", fmt(act_mib, 1),
-            fmt(fig["achieved_tflops"] * 1e3, 1),
-            f"{fig['mfu'] * 100:.1f}%" if fig["mfu"] is not None else "-",
-            ref_name if not is_baseline else "(baseline)",
-            (f"{eff_train:.2f}x{flag}" if eff_train is not None else "-"),
-            (f"{eff_infer:.2f}x" if eff_infer is not None else "-"),
-        ])
-        records.append({"model": name, "ref": ref_name, "eff_train": eff_train, "eff_infer": eff_infer, **fig})
+            profiles.append(
+                f"- `{name}` ({s.size}px, batch {s.batch}): "
+                + ", ".join(f"`{op}` {pct:.0f}% ({calls} calls)" for op, pct, calls in ops)
+            )
+        rows.append(
+            [
+                name,
+                f"{s.size}px b{s.batch}",
+                fmt(params),
+                fmt(fwd / 2e9, 2),
+                fmt(fig["train_img_s"]),
+                fmt(fig["infer_img_s"]),
+                fmt(mem.mib, 0) if cuda and mem.mib is not None else "-",
+                fmt(act_mib, 1),
+                fmt(fig["achieved_tflops"] * 1e3, 1),
+                f"{fig['mfu'] * 100:.1f}%" if fig["mfu"] is not None else "-",
+                ref_name if not is_baseline else "(baseline)",
+                (f"{eff_train:.2f}x{flag}" if eff_train is not None else "-"),
+                (f"{eff_infer:.2f}x" if eff_infer is not None else "-"),
+            ]
+        )
+        records.append(
+            {"model": name, "ref": ref_name, "eff_train": eff_train, "eff_infer": eff_infer, **fig}
+        )
         del runners, model_runner
         if cuda:
             torch.cuda.empty_cache()
     mode = "bf16 autocast + channels_last, eager" if cuda else "fp32, NCHW, eager"
-    memo = ("peak mem: CUDA max_memory_allocated during one training step above what was allocated before it "
-            "(GPU only); saved activations: bytes autograd keeps for backward (weights excluded), any device")
+    memo = (
+        "peak mem: CUDA max_memory_allocated during one training step above what was allocated before it "
+        "(GPU only); saved activations: bytes autograd keeps for backward (weights excluded), any device"
+    )
     body = (
         f"{mode}; {NUM_CLASSES} classes; SGD momentum; {reps} interleaved rounds after 1 warm-up, median. "
         "GMACs: forward, per image, FlopCounterMode / 2. Achieved GFLOP/s: training FLOPs (forward + backward, "
         f"FlopCounterMode) per second. Memory: {memo}. MFU: against the GPU's dense bf16 peak (GPU only). "
         "FLOP efficiency: the model's img/s x GFLOPs divided by that of its FLOP-matched ResNet measured in the "
         "same rounds (1.0x = the model turns FLOPs into images as fast as a plain ResNet); < 0.7x flagged.\n\n"
-        + markdown_table(["model", "input", "params (M)", "GMACs/img", "train img/s", "infer img/s",
-                          "peak mem (MiB)", "saved activations (MiB)", "achieved GFLOP/s (train)", "MFU", "FLOP-matched ResNet",
-                          "FLOP eff. train", "FLOP eff. infer"], rows)
+        + markdown_table(
+            [
+                "model",
+                "input",
+                "params (M)",
+                "GMACs/img",
+                "train img/s",
+                "infer img/s",
+                "peak mem (MiB)",
+                "saved activations (MiB)",
+                "achieved GFLOP/s (train)",
+                "MFU",
+                "FLOP-matched ResNet",
+                "FLOP eff. train",
+                "FLOP eff. infer",
+            ],
+            rows,
+        )
     )
     if profiles:
-        body += ("\n\nProfile of the flagged models (`torch.profiler`, one training step, top ops by self time on "
-                 f"{device.type}; owners: see the model's docs):\n\n" + "\n".join(profiles))
+        body += (
+            "\n\nProfile of the flagged models (`torch.profiler`, one training step, top ops by self time on "
+            f"{device.type}; owners: see the model's docs):\n\n" + "\n".join(profiles)
+        )
     return body, records
 
 
-def fast_defaults_table(device: torch.device, quick: bool, compile_cpu: bool, reps: int | None,
-                        size: int | None, batch: int | None) -> tuple[str, dict[str, float]]:
+def fast_defaults_table(
+    device: torch.device,
+    quick: bool,
+    compile_cpu: bool,
+    reps: int | None,
+    size: int | None,
+    batch: int | None,
+) -> tuple[str, dict[str, float]]:
     """ResNet-50 training step with each fast default alone and all together, as ratios to the plain step."""
     cuda = device.type == "cuda"
     size = size or (224 if cuda else 96)
@@ -255,8 +318,9 @@ def fast_defaults_table(device: torch.device, quick: bool, compile_cpu: bool, re
     torch.manual_seed(0)
     model = _make("resnet50", device)
 
-    def variant(channels_last: bool = False, amp: bool = False, fused: bool = False, compile_model: bool = False
-                ) -> Runner:
+    def variant(
+        channels_last: bool = False, amp: bool = False, fused: bool = False, compile_model: bool = False
+    ) -> Runner:
         s = Setting(device, size, batch, amp=amp, channels_last=channels_last)
         m = copy.deepcopy(model)  # Module.to(memory_format=...) converts in place: one copy per variant
         if channels_last:
@@ -267,6 +331,7 @@ def fast_defaults_table(device: torch.device, quick: bool, compile_cpu: bool, re
         def go() -> None:
             torch.backends.cudnn.benchmark = on
             r.train_step()
+
         return go
 
     variants: dict[str, tuple[Callable[[], None], str]] = {}
@@ -283,17 +348,23 @@ def fast_defaults_table(device: torch.device, quick: bool, compile_cpu: bool, re
     except (RuntimeError, TypeError) as err:
         notes.append(f"fused SGD not available on {device.type}: {str(err)[:100]}")
     if cuda:
-        variants["+ cudnn.benchmark"] = (with_cudnn_benchmark(Runner("resnet50", base, model=model), True), "")
+        variants["+ cudnn.benchmark"] = (
+            with_cudnn_benchmark(Runner("resnet50", base, model=model), True),
+            "",
+        )
     do_compile = cuda or compile_cpu
     if do_compile:
         variants["+ torch.compile"] = (with_cudnn_benchmark(variant(compile_model=True), cuda), "")
     else:
-        notes.append("torch.compile not measured on CPU (compiling ResNet-50 takes minutes on two shared cores; "
-                     "pass --compile to include it)")
+        notes.append(
+            "torch.compile not measured on CPU (compiling ResNet-50 takes minutes on two shared cores; "
+            "pass --compile to include it)"
+        )
     all_on = variant(True, True, fused="+ fused SGD" in variants, compile_model=do_compile)
     variants["all of the above"] = (with_cudnn_benchmark(all_on, cuda), "")
-    timings = interleaved({k: v[0] for k, v in variants.items()}, device, warmup=2 if do_compile else 1,
-                          reps=reps)
+    timings = interleaved(
+        {k: v[0] for k, v in variants.items()}, device, warmup=2 if do_compile else 1, reps=reps
+    )
     torch.backends.cudnn.benchmark = False
     plain_t = timings["plain (fp32, NCHW, eager, foreach SGD)"]
     rows, figures = [], {}
@@ -309,8 +380,10 @@ def fast_defaults_table(device: torch.device, quick: bool, compile_cpu: bool, re
     )
     if cuda:
         best = max(figures.values())
-        body += (f"\n\nTarget (issue 9): ResNet-50 at 224 on one H100 >= 5,000 training img/s with the fast path: "
-                 f"best here {best:,.0f} img/s.")
+        body += (
+            f"\n\nTarget (issue 9): ResNet-50 at 224 on one H100 >= 5,000 training img/s with the fast path: "
+            f"best here {best:,.0f} img/s."
+        )
     return body, figures
 
 
@@ -330,8 +403,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     configure_threads(device, args.threads)
     tables = set(args.tables.split(","))
-    names = args.models or (BASELINES + (["acanet18", "fft_tiny", "msfca50"] if args.quick and device.type == "cpu"
-                                         else PAPER_MODELS))
+    names = args.models or (
+        BASELINES
+        + (["acanet18", "fft_tiny", "msfca50"] if args.quick and device.type == "cpu" else PAPER_MODELS)
+    )
     info = machine_info(device)
     out: dict[str, Any] = {}
     if "models" in tables:
@@ -341,14 +416,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"\n## Models ({device.type})\n\n{body}\n")
         out["models"] = records
         if not args.no_write:
-            update_results(f"models-{device.type}", f"Models: throughput, memory, MFU, FLOP efficiency ({device.type})",
-                           body, info)
+            update_results(
+                f"models-{device.type}",
+                f"Models: throughput, memory, MFU, FLOP efficiency ({device.type})",
+                body,
+                info,
+            )
     if "fast" in tables:
         body, figures = fast_defaults_table(device, args.quick, args.compile, args.reps, None, None)
         print(f"\n## Fast defaults ({device.type})\n\n{body}\n")
         out["fast"] = figures
         if not args.no_write:
-            update_results(f"fast-{device.type}", f"Fast defaults one by one, ResNet-50 ({device.type})", body, info)
+            update_results(
+                f"fast-{device.type}", f"Fast defaults one by one, ResNet-50 ({device.type})", body, info
+            )
     return out
 
 

@@ -61,8 +61,10 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
 
-    print(f"# TokenFusion complexity, {args.image_size} px, head={args.head}, {platform.processor() or 'cpu'}"
-          + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
+    print(
+        f"# TokenFusion complexity, {args.image_size} px, head={args.head}, {platform.processor() or 'cpu'}"
+        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
+    )
     print()
     header = "| model | Params (M) | MACs (G) | trunk | 12 blocks | other |"
     sep = "| --- | ---: | ---: | ---: | ---: | ---: |"
@@ -76,16 +78,22 @@ def main() -> None:
             meta_model = timm.create_model(name, head=args.head)
         params = sum(p.numel() for p in meta_model.parameters()) / 1e6
         macs = mac_breakdown(meta_model, args.image_size)
-        row = (f"| {name} | {params:.1f} | {macs['total']:.2f} | {macs['trunk']:.2f} | {macs['blocks']:.2f} "
-               f"| {macs['other']:.2f} |")
+        row = (
+            f"| {name} | {params:.1f} | {macs['total']:.2f} | {macs['trunk']:.2f} | {macs['blocks']:.2f} "
+            f"| {macs['other']:.2f} |"
+        )
         if args.runs:
             model = timm.create_model(name, head=args.head).to(device)
             x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
             y = torch.randint(0, 1000, (args.batch_size,), device=device)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-            def train_step(model: nn.Module = model, x: torch.Tensor = x, y: torch.Tensor = y,
-                           opt: torch.optim.Optimizer = opt) -> None:
+            def train_step(
+                model: nn.Module = model,
+                x: torch.Tensor = x,
+                y: torch.Tensor = y,
+                opt: torch.optim.Optimizer = opt,
+            ) -> None:
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     loss = nn.functional.cross_entropy(model(x), y)
                 loss.backward()
@@ -93,8 +101,10 @@ def main() -> None:
                 opt.zero_grad(set_to_none=True)
 
             def eval_step(model: nn.Module = model, x: torch.Tensor = x) -> None:
-                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype,
-                                                            enabled=dtype != torch.float32):
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32),
+                ):
                     model(x)
 
             model.eval()

@@ -106,8 +106,9 @@ class Timing:
         return items / self.median
 
 
-def interleaved(cases: dict[str, Callable[[], Any]], device: torch.device | str, warmup: int = 1,
-                reps: int = 5) -> dict[str, Timing]:
+def interleaved(
+    cases: dict[str, Callable[[], Any]], device: torch.device | str, warmup: int = 1, reps: int = 5
+) -> dict[str, Timing]:
     """Time several cases round-robin: ``warmup`` untimed rounds, then ``reps`` timed rounds.
 
     Args:
@@ -249,7 +250,9 @@ def machine_info(device: torch.device | str) -> dict[str, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = bf16_peak_tflops(name)
-        info["gpu"] = f"{name} (bf16 dense peak {peak:g} TFLOP/s)" if peak else f"{name} (peak unknown: no MFU)"
+        info["gpu"] = (
+            f"{name} (bf16 dense peak {peak:g} TFLOP/s)" if peak else f"{name} (peak unknown: no MFU)"
+        )
         info["cuda"] = str(torch.version.cuda)
     else:
         info["gpu"] = "none (CPU run)"
@@ -332,11 +335,15 @@ def saved_activation_bytes(model: nn.Module, step: Callable[[], Tensor]) -> int:
     return sum(seen.values())
 
 
-def top_ops(fn: Callable[[], Any], device: torch.device | str, limit: int = 5) -> list[tuple[str, float, int]]:
+def top_ops(
+    fn: Callable[[], Any], device: torch.device | str, limit: int = 5
+) -> list[tuple[str, float, int]]:
     """``torch.profiler`` over one call of ``fn``: the ``limit`` ops with the most self time (name, %, calls)."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else []
+    )
     with profile(activities=activities) as prof:
         fn()
         synchronize(device)

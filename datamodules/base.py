@@ -58,8 +58,9 @@ class DatasetLayoutError(FileNotFoundError):
 
     user_error: ClassVar[bool] = True  # main.py prints the message alone, without a traceback
 
-    def __init__(self, dataset: str, missing: str | os.PathLike[str], layout: str = "", url: str = "",
-                 detail: str = "") -> None:
+    def __init__(
+        self, dataset: str, missing: str | os.PathLike[str], layout: str = "", url: str = "", detail: str = ""
+    ) -> None:
         lines = [f"{dataset}: {detail or 'expected path not found'}: {missing}"]
         if layout:
             lines += ["Expected layout:", *("    " + line for line in layout.strip("\n").splitlines())]
@@ -82,8 +83,9 @@ class BadImageError(RuntimeError):
         # With one argument the first is the whole message: DataLoader workers re-raise an exception as
         # ``type(exc)(message)``, and this keeps the type (and ``user_error``) across processes.
         super().__init__(
-            str(path) if reason is None else
-            f"cannot decode image {path}: {reason}. Fix or delete the file, or set "
+            str(path)
+            if reason is None
+            else f"cannot decode image {path}: {reason}. Fix or delete the file, or set "
             "`data.init_args.on_bad_image: skip` to drop undecodable files (they are counted at setup)."
         )
         self.path = str(path)
@@ -144,7 +146,9 @@ class ImageListDataset(Dataset):
         transform: callable applied to the RGB PIL image.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self, samples: Sequence[tuple[str, int]], transform: Callable[[Any], Any] | None = None
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
 
@@ -167,10 +171,13 @@ class ImageListDataset(Dataset):
 class TensorImageDataset(Dataset):
     """In-memory dataset of uint8 images ``(N, 3, H, W)`` and integer labels ``(N,)``."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
-                 transform: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[Any], Any] | None = None
+    ) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
-            raise ValueError(f"expected uint8 images of shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"expected uint8 images of shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
@@ -217,8 +224,14 @@ def stratified_split(
     """
     from sklearn.model_selection import train_test_split
 
-    if len(ratios) not in (2, 3) or any(r <= 0 for r in ratios) or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
-        raise DataConfigError(f"{dataset}: split_ratios must be 2 or 3 positive fractions summing to 1, got {list(ratios)}")
+    if (
+        len(ratios) not in (2, 3)
+        or any(r <= 0 for r in ratios)
+        or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6)
+    ):
+        raise DataConfigError(
+            f"{dataset}: split_ratios must be 2 or 3 positive fractions summing to 1, got {list(ratios)}"
+        )
     indices = np.arange(len(labels))
     labels_arr = np.asarray(labels)
     # Absolute sizes (rounded once, on the whole set) so that e.g. 0.7/0.15/0.15 of 200 is exactly 140/30/30
@@ -263,15 +276,20 @@ def list_images(directory: Path, dataset: str, recursive: bool = True) -> list[s
     # os.walk / os.scandir read the file type from the directory entry: no stat() per file, which matters on
     # ImageNet-sized folders and network file systems. Symlinked folders are followed (as torchvision does).
     if recursive:
-        found = (os.path.join(dirpath, name) for dirpath, _, names in os.walk(directory, followlinks=True)
-                 for name in names)
+        found = (
+            os.path.join(dirpath, name)
+            for dirpath, _, names in os.walk(directory, followlinks=True)
+            for name in names
+        )
     else:
         with os.scandir(directory) as entries:
             found = [entry.path for entry in entries if entry.is_file()]
     files = sorted(f for f in found if is_image_file(f) and not os.path.basename(f).startswith("."))
     if not files:
         raise DatasetLayoutError(
-            dataset, directory, detail=f"class folder holds no image file (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            dataset,
+            directory,
+            detail=f"class folder holds no image file (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})",
         )
     return files
 
@@ -348,7 +366,9 @@ class ClassificationDataModule(L.LightningDataModule):
         if image_size < 1:
             raise DataConfigError(f"image_size must be >= 1, got {image_size}")
         if train_crop not in ("random_resized", "random", "center", "resize"):
-            raise DataConfigError(f"train_crop must be random_resized|random|center|resize, got {train_crop!r}")
+            raise DataConfigError(
+                f"train_crop must be random_resized|random|center|resize, got {train_crop!r}"
+            )
         if not 0 < scale[0] <= scale[1] <= 1:
             raise DataConfigError(f"scale must satisfy 0 < min <= max <= 1, got {list(scale)}")
         for name, p in (("hflip", hflip), ("vflip", vflip)):
@@ -365,8 +385,10 @@ class ClassificationDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.image_size = image_size
-        self.resize_size = resize_size if resize_size is not None else max(
-            image_size, round(image_size / self.eval_crop_ratio)
+        self.resize_size = (
+            resize_size
+            if resize_size is not None
+            else max(image_size, round(image_size / self.eval_crop_ratio))
         )
         self.train_crop = train_crop
         self.crop_padding = crop_padding
@@ -400,8 +422,10 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.train_crop == "random_resized":
             ops.append(v2.RandomResizedCrop(size, scale=self.scale, antialias=True))
         elif self.train_crop == "random":
-            ops += [v2.Resize(self.resize_size, antialias=True),
-                    v2.RandomCrop(size, padding=self.crop_padding or None, pad_if_needed=True)]
+            ops += [
+                v2.Resize(self.resize_size, antialias=True),
+                v2.RandomCrop(size, padding=self.crop_padding or None, pad_if_needed=True),
+            ]
         elif self.train_crop == "center":
             ops += [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(size)]
         else:
@@ -561,8 +585,11 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def split_sizes(self) -> dict[str, int]:
         """Number of samples in each split (after :meth:`setup`)."""
-        return {name: len(ds) for name, ds in  # type: ignore[arg-type]
-                (("train", self.train_set), ("val", self.val_set), ("test", self.test_set)) if ds is not None}
+        return {
+            name: len(ds)
+            for name, ds in (("train", self.train_set), ("val", self.val_set), ("test", self.test_set))  # type: ignore[arg-type]
+            if ds is not None
+        }
 
 
 def _eval_sampler(dataset: Dataset) -> Sampler | None:

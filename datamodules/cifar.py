@@ -66,8 +66,15 @@ class _CIFARDataModule(ClassificationDataModule):
         std: tuple[float, float, float] = CIFAR10_STD,
         **kwargs: Any,
     ) -> None:
-        super().__init__(root=root, image_size=image_size, train_crop=train_crop, crop_padding=crop_padding,
-                         mean=mean, std=std, **kwargs)
+        super().__init__(
+            root=root,
+            image_size=image_size,
+            train_crop=train_crop,
+            crop_padding=crop_padding,
+            mean=mean,
+            std=std,
+            **kwargs,
+        )
         self.num_classes = self.fixed_num_classes
 
     @property
@@ -103,8 +110,9 @@ class CIFAR10DataModule(_CIFARDataModule):
 
     dataset_name = "CIFAR-10"
     homepage = "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-10-python.tar.gz), or download: true"
-    expected_layout = ("<root>/cifar-10-batches-py/\n  data_batch_1 ... data_batch_5\n  test_batch\n"
-                       "  batches.meta")
+    expected_layout = (
+        "<root>/cifar-10-batches-py/\n  data_batch_1 ... data_batch_5\n  test_batch\n  batches.meta"
+    )
     folder = "cifar-10-batches-py"
     train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
     test_files = ("test_batch",)
@@ -114,11 +122,26 @@ class CIFAR10DataModule(_CIFARDataModule):
     fixed_num_classes = 10
     torchvision_download = "CIFAR10"
 
-    def __init__(self, root: str = "data", mean: tuple[float, float, float] = CIFAR10_MEAN,
-                 std: tuple[float, float, float] = CIFAR10_STD, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str = "data",
+        mean: tuple[float, float, float] = CIFAR10_MEAN,
+        std: tuple[float, float, float] = CIFAR10_STD,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(root=root, mean=mean, std=std, **kwargs)
-        self.class_names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                            "truck"]
+        self.class_names = [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
 
 
 class CIFAR100DataModule(_CIFARDataModule):
@@ -136,6 +159,11 @@ class CIFAR100DataModule(_CIFARDataModule):
     fixed_num_classes = 100
     torchvision_download = "CIFAR100"
 
-    def __init__(self, root: str = "data", mean: tuple[float, float, float] = CIFAR100_MEAN,
-                 std: tuple[float, float, float] = CIFAR100_STD, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str = "data",
+        mean: tuple[float, float, float] = CIFAR100_MEAN,
+        std: tuple[float, float, float] = CIFAR100_STD,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(root=root, mean=mean, std=std, **kwargs)

@@ -71,12 +71,15 @@ class CUB200DataModule(ClassificationDataModule):
         test: list[tuple[str, int]] = []
         for image_id, rel in sorted(paths.items()):
             if image_id not in labels or image_id not in is_train:
-                raise self.layout_error(os.path.join(base, "image_class_labels.txt"),
-                                        f"image id {image_id} has no label or split entry in")
+                raise self.layout_error(
+                    os.path.join(base, "image_class_labels.txt"),
+                    f"image id {image_id} has no label or split entry in",
+                )
             label = int(labels[image_id]) - 1
             if not 0 <= label < self.num_classes:
-                raise self.layout_error(os.path.join(base, "image_class_labels.txt"),
-                                        f"class id {label + 1} outside 1..200 in")
+                raise self.layout_error(
+                    os.path.join(base, "image_class_labels.txt"), f"class id {label + 1} outside 1..200 in"
+                )
             sample = (os.path.join(base, "images", rel), label)
             (train if is_train[image_id].strip() == "1" else test).append(sample)
         missing = next((p for p, _ in train + test if not os.path.isfile(p)), None)

@@ -60,8 +60,16 @@ class DigitsDataModule(ClassificationDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            root=root, batch_size=batch_size, num_workers=num_workers, image_size=image_size,
-            train_crop=train_crop, crop_padding=crop_padding, hflip=hflip, mean=mean, std=std, **kwargs,
+            root=root,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            train_crop=train_crop,
+            crop_padding=crop_padding,
+            hflip=hflip,
+            mean=mean,
+            std=std,
+            **kwargs,
         )
         self.split_ratios = tuple(split_ratios)
         self.split_seed = split_seed
@@ -72,10 +80,13 @@ class DigitsDataModule(ClassificationDataModule):
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
-        pixels = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+        pixels = (
+            torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        )  # (N, 1, 8, 8) in [0, 1]
         if self.image_size != 8:
-            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False)
+            pixels = F.interpolate(
+                pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
         images = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
         labels = torch.as_tensor(bunch.target, dtype=torch.long)
         parts = stratified_split(labels.tolist(), self.split_ratios, self.split_seed, self.dataset_name)
@@ -84,6 +95,9 @@ class DigitsDataModule(ClassificationDataModule):
         train, val, test = (torch.as_tensor(p, dtype=torch.long) for p in parts)
         # With two ratios val and test are the same object (val doubles as test).
         val_set = TensorImageDataset(images[val], labels[val], self.eval_transform)
-        test_set = val_set if parts[1] is parts[2] else TensorImageDataset(images[test], labels[test],
-                                                                            self.eval_transform)
+        test_set = (
+            val_set
+            if parts[1] is parts[2]
+            else TensorImageDataset(images[test], labels[test], self.eval_transform)
+        )
         return TensorImageDataset(images[train], labels[train], self.train_transform), val_set, test_set

@@ -24,7 +24,11 @@ from torch.utils.data import Dataset
 
 from datamodules.base import ClassificationDataModule, DataConfigError, ImageListDataset
 
-_LEVELS = {"variant": ("variants.txt", 100), "family": ("families.txt", 70), "manufacturer": ("manufacturers.txt", 30)}
+_LEVELS = {
+    "variant": ("variants.txt", 100),
+    "family": ("families.txt", 70),
+    "manufacturer": ("manufacturers.txt", 30),
+}
 
 
 class FGVCAircraftDataModule(ClassificationDataModule):
@@ -44,11 +48,17 @@ class FGVCAircraftDataModule(ClassificationDataModule):
     )
     torchvision_download = "FGVCAircraft"
 
-    def __init__(self, root: str = "data/fgvc-aircraft-2013b",
-                 annotation_level: Literal["variant", "family", "manufacturer"] = "variant", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str = "data/fgvc-aircraft-2013b",
+        annotation_level: Literal["variant", "family", "manufacturer"] = "variant",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(root=root, **kwargs)
         if annotation_level not in _LEVELS:
-            raise DataConfigError(f"annotation_level must be variant|family|manufacturer, got {annotation_level!r}")
+            raise DataConfigError(
+                f"annotation_level must be variant|family|manufacturer, got {annotation_level!r}"
+            )
         self.annotation_level = annotation_level
         self.num_classes = _LEVELS[annotation_level][1]
 
@@ -62,8 +72,12 @@ class FGVCAircraftDataModule(ClassificationDataModule):
     def _check_layout(self) -> None:
         if not os.path.isdir(self.root):
             raise self.layout_error(self.root, "dataset root not found")
-        for path in (os.path.join(self.data_dir, _LEVELS[self.annotation_level][0]), self._split_file("trainval"),
-                     self._split_file("test"), os.path.join(self.data_dir, "images")):
+        for path in (
+            os.path.join(self.data_dir, _LEVELS[self.annotation_level][0]),
+            self._split_file("trainval"),
+            self._split_file("test"),
+            os.path.join(self.data_dir, "images"),
+        ):
             if not os.path.exists(path):
                 raise self.layout_error(path)
 
@@ -76,8 +90,9 @@ class FGVCAircraftDataModule(ClassificationDataModule):
                     continue
                 image_id, _, name = line.strip().partition(" ")
                 if name not in index:
-                    raise self.layout_error(path, f"line {line_no}: class {name!r} not in "
-                                            f"{_LEVELS[self.annotation_level][0]}, in")
+                    raise self.layout_error(
+                        path, f"line {line_no}: class {name!r} not in {_LEVELS[self.annotation_level][0]}, in"
+                    )
                 samples.append((os.path.join(self.data_dir, "images", f"{image_id}.jpg"), index[name]))
         missing = next((p for p, _ in samples if not os.path.isfile(p)), None)
         if missing:
@@ -88,8 +103,10 @@ class FGVCAircraftDataModule(ClassificationDataModule):
         with open(os.path.join(self.data_dir, _LEVELS[self.annotation_level][0])) as f:
             names = [line.strip() for line in f if line.strip()]
         if len(names) > self.num_classes:
-            raise self.layout_error(os.path.join(self.data_dir, _LEVELS[self.annotation_level][0]),
-                                    f"{len(names)} classes (expected {self.num_classes}) in")
+            raise self.layout_error(
+                os.path.join(self.data_dir, _LEVELS[self.annotation_level][0]),
+                f"{len(names)} classes (expected {self.num_classes}) in",
+            )
         self.class_names = names
         index = {name: i for i, name in enumerate(names)}
         test_set = ImageListDataset(self._read_split("test", index), self.eval_transform)

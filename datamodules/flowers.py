@@ -36,7 +36,9 @@ class Flowers102DataModule(ClassificationDataModule):
     """Oxford Flowers-102, 102 classes; train+val (2,040) / test (6,149) (test doubles as val)."""
 
     dataset_name = "Oxford Flowers-102"
-    homepage = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz, imagelabels.mat, setid.mat)"
+    homepage = (
+        "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz, imagelabels.mat, setid.mat)"
+    )
     expected_layout = "flowers-102/\n  jpg/image_00001.jpg ...\n  imagelabels.mat\n  setid.mat"
     torchvision_download = "Flowers102"
 
@@ -62,9 +64,13 @@ class Flowers102DataModule(ClassificationDataModule):
         try:
             labels = np.atleast_1d(loadmat(os.path.join(base, "imagelabels.mat"), squeeze_me=True)["labels"])
             set_ids = loadmat(os.path.join(base, "setid.mat"), squeeze_me=True)
-            ids = {key: np.atleast_1d(set_ids[key]).astype(int).tolist() for key in ("trnid", "valid", "tstid")}
+            ids = {
+                key: np.atleast_1d(set_ids[key]).astype(int).tolist() for key in ("trnid", "valid", "tstid")
+            }
         except KeyError as err:
-            raise self.layout_error(base, f"missing variable {err} in imagelabels.mat/setid.mat under") from None
+            raise self.layout_error(
+                base, f"missing variable {err} in imagelabels.mat/setid.mat under"
+            ) from None
 
         def samples(image_ids: list[int]) -> list[tuple[str, int]]:
             out = []
@@ -73,7 +79,9 @@ class Flowers102DataModule(ClassificationDataModule):
                     raise self.layout_error(os.path.join(base, "setid.mat"), f"image id {i} has no label in")
                 label = int(labels[i - 1]) - 1
                 if not 0 <= label < self.num_classes:
-                    raise self.layout_error(os.path.join(base, "imagelabels.mat"), f"class {label + 1} outside 1..102 in")
+                    raise self.layout_error(
+                        os.path.join(base, "imagelabels.mat"), f"class {label + 1} outside 1..102 in"
+                    )
                 out.append((os.path.join(base, "jpg", f"image_{i:05d}.jpg"), label))
             missing = next((p for p, _ in out if not os.path.isfile(p)), None)
             if missing:
@@ -98,12 +106,24 @@ class Flowers5DataModule(ImageFolderDataModule):
     dataset_name = "Flowers (5 classes, flower_photos)"
     homepage = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 
-    def __init__(self, root: str = "data/flower_photos", split_ratios: tuple[float, ...] = (0.75, 0.25),
-                 split_seed: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str = "data/flower_photos",
+        split_ratios: tuple[float, ...] = (0.75, 0.25),
+        split_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         nested = Path(os.path.expanduser(root)) / "flower_photos"
         if nested.is_dir():
             root = str(nested)
-        super().__init__(root=root, num_classes=5, split="ratio", split_ratios=split_ratios, split_seed=split_seed, **kwargs)
+        super().__init__(
+            root=root,
+            num_classes=5,
+            split="ratio",
+            split_ratios=split_ratios,
+            split_seed=split_seed,
+            **kwargs,
+        )
         self.class_names = list(FLOWERS5_CLASSES)
 
     def _discover_num_classes(self, num_classes: int | None) -> int:

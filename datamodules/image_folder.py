@@ -47,7 +47,9 @@ _IGNORED_DIRS = {"__MACOSX"}
 
 
 def _subdirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS)
+    return sorted(
+        p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS
+    )
 
 
 @contextlib.contextmanager
@@ -97,7 +99,9 @@ def extract_zip(archive: Path, cache_dir: Path) -> Path:
                 shutil.rmtree(stale, ignore_errors=True)
             os.replace(tmp, cache_dir)
         except zipfile.BadZipFile as err:
-            raise DatasetLayoutError("ImageFolder", archive, detail=f"not a valid zip archive ({err})") from None
+            raise DatasetLayoutError(
+                "ImageFolder", archive, detail=f"not a valid zip archive ({err})"
+            ) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return cache_dir
@@ -183,8 +187,10 @@ class ImageFolderDataModule(ClassificationDataModule):
     @property
     def expected_layout(self) -> str:  # type: ignore[override]
         if getattr(self, "split", "ratio") == "folders":
-            return ("<root>/\n  train/<class_a>/*.jpg, train/<class_b>/*.jpg, ...\n"
-                    "  val/<class_a>/*.jpg, ...\n  test/<class_a>/*.jpg, ...   (optional; else val is the test set)")
+            return (
+                "<root>/\n  train/<class_a>/*.jpg, train/<class_b>/*.jpg, ...\n"
+                "  val/<class_a>/*.jpg, ...\n  test/<class_a>/*.jpg, ...   (optional; else val is the test set)"
+            )
         return "<root>/\n  <class_a>/*.jpg\n  <class_b>/*.jpg\n  ...   (split by split_ratios)"
 
     @property
@@ -208,7 +214,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         unknown = [c for c in found if c not in index]
         if unknown:
             raise DatasetLayoutError(
-                self.dataset_name, directory / unknown[0], self.expected_layout,
+                self.dataset_name,
+                directory / unknown[0],
+                self.expected_layout,
                 detail=f"class folder(s) {unknown[:5]} not present in {self._class_dir}",
             )
         return [(path, index[c]) for c in found for path in list_images(directory / c, self.dataset_name)]
@@ -221,8 +229,9 @@ class ImageFolderDataModule(ClassificationDataModule):
             test = self._samples(root / "test") if (root / "test").is_dir() else None
         else:
             samples = self._samples(root)
-            parts = stratified_split([lbl for _, lbl in samples], self.split_ratios, self.split_seed,
-                                     self.dataset_name)
+            parts = stratified_split(
+                [lbl for _, lbl in samples], self.split_ratios, self.split_seed, self.dataset_name
+            )
             train = [samples[i] for i in parts[0]]
             val = [samples[i] for i in parts[1]]
             test = [samples[i] for i in parts[2]] if len(parts) == 3 else None

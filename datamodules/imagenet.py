@@ -74,10 +74,15 @@ class ImageNetDataModule(ClassificationDataModule):
         folders = find_class_folders(directory, self.dataset_name, self.expected_layout, self.homepage)
         unknown = [f for f in folders if f not in index]
         if unknown:
-            raise self.layout_error(directory / unknown[0], f"{len(unknown)} folder(s) that are not ILSVRC-2012 wnids, e.g.")
+            raise self.layout_error(
+                directory / unknown[0], f"{len(unknown)} folder(s) that are not ILSVRC-2012 wnids, e.g."
+            )
         samples = []
         for wnid in folders:
-            samples += [(path, index[wnid]) for path in list_images(directory / wnid, self.dataset_name, recursive=False)]
+            samples += [
+                (path, index[wnid])
+                for path in list_images(directory / wnid, self.dataset_name, recursive=False)
+            ]
         return samples
 
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:

@@ -29,8 +29,10 @@ class StanfordCarsDataModule(ClassificationDataModule):
     """Stanford Cars, 196 classes, official 8,144 / 8,041 split (test doubles as val)."""
 
     dataset_name = "Stanford Cars"
-    homepage = ("https://ai.stanford.edu/~jkrause/cars/car_dataset.html (mirrors: the Kaggle 'stanford-cars' "
-                "dataset; test labels: cars_test_annos_withlabels.mat)")
+    homepage = (
+        "https://ai.stanford.edu/~jkrause/cars/car_dataset.html (mirrors: the Kaggle 'stanford-cars' "
+        "dataset; test labels: cars_test_annos_withlabels.mat)"
+    )
     expected_layout = (
         "stanford_cars/\n  devkit/cars_meta.mat\n  devkit/cars_train_annos.mat\n"
         "  cars_test_annos_withlabels.mat   (or devkit/cars_test_annos_withlabels.mat)\n"
@@ -56,8 +58,13 @@ class StanfordCarsDataModule(ClassificationDataModule):
         if not os.path.isdir(self.root):
             raise self.layout_error(self.root, "dataset root not found")
         base = self.data_dir
-        for path in (os.path.join(base, "devkit", "cars_meta.mat"), os.path.join(base, "devkit", "cars_train_annos.mat"),
-                     self.test_annotations, os.path.join(base, "cars_train"), os.path.join(base, "cars_test")):
+        for path in (
+            os.path.join(base, "devkit", "cars_meta.mat"),
+            os.path.join(base, "devkit", "cars_train_annos.mat"),
+            self.test_annotations,
+            os.path.join(base, "cars_train"),
+            os.path.join(base, "cars_test"),
+        ):
             if not os.path.exists(path):
                 raise self.layout_error(path)
 
@@ -68,7 +75,9 @@ class StanfordCarsDataModule(ClassificationDataModule):
             annotations = np.atleast_1d(loadmat(mat_path, squeeze_me=True)["annotations"])
             samples = [(os.path.join(image_dir, str(a["fname"])), int(a["class"]) - 1) for a in annotations]
         except (KeyError, ValueError, TypeError) as err:
-            raise self.layout_error(mat_path, f"no 'annotations' struct with fields class, fname ({err}) in") from None
+            raise self.layout_error(
+                mat_path, f"no 'annotations' struct with fields class, fname ({err}) in"
+            ) from None
         bad = next((lbl for _, lbl in samples if not 0 <= lbl < self.num_classes), None)
         if bad is not None:
             raise self.layout_error(mat_path, f"class {bad + 1} outside 1..196 in")
@@ -81,10 +90,13 @@ class StanfordCarsDataModule(ClassificationDataModule):
         from scipy.io import loadmat
 
         base = self.data_dir
-        names = np.atleast_1d(loadmat(os.path.join(base, "devkit", "cars_meta.mat"), squeeze_me=True)["class_names"])
+        names = np.atleast_1d(
+            loadmat(os.path.join(base, "devkit", "cars_meta.mat"), squeeze_me=True)["class_names"]
+        )
         self.class_names = [str(n) for n in names.tolist()]
-        train = self._read_annotations(os.path.join(base, "devkit", "cars_train_annos.mat"),
-                                       os.path.join(base, "cars_train"))
+        train = self._read_annotations(
+            os.path.join(base, "devkit", "cars_train_annos.mat"), os.path.join(base, "cars_train")
+        )
         test = self._read_annotations(self.test_annotations, os.path.join(base, "cars_test"))
         test_set = ImageListDataset(test, self.eval_transform)
         return ImageListDataset(train, self.train_transform), test_set, test_set

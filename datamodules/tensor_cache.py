@@ -95,8 +95,9 @@ class BatchAugment:
         dtype: dtype of the returned batch (and of the float arithmetic).
     """
 
-    def __init__(self, dm: ClassificationDataModule, storage_size: int, train: bool,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, dm: ClassificationDataModule, storage_size: int, train: bool, dtype: torch.dtype = torch.float32
+    ) -> None:
         self.size = int(dm.image_size)
         self.resize_size = int(dm.resize_size)
         self.mode = dm.train_crop
@@ -128,15 +129,18 @@ class BatchAugment:
         """Square resize of a batch (bilinear with antialias, like ``v2.Resize``); float result."""
         if x.shape[-1] == size and x.shape[-2] == size:
             return x
-        out = F.interpolate(x.to(torch.float32), size=(size, size), mode="bilinear", align_corners=False,
-                            antialias=True)
-        return out.round_().clamp_(0, 255)  # stay on the uint8 grid, like a torchvision resize of a uint8 image
+        out = F.interpolate(
+            x.to(torch.float32), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+        return out.round_().clamp_(
+            0, 255
+        )  # stay on the uint8 grid, like a torchvision resize of a uint8 image
 
     @staticmethod
     def _center(x: Tensor, size: int) -> Tensor:
         h, w = x.shape[-2:]
         top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-        return x[..., top:top + size, left:left + size]
+        return x[..., top : top + size, left : left + size]
 
     def _flip(self, x: Tensor, gen: torch.Generator | None) -> Tensor:
         b = x.shape[0]
@@ -169,8 +173,9 @@ class BatchAugment:
         cols = (left[:, None] + ar[None, :]).view(b, 1, 1, s).expand(b, c, s, s)
         return x.gather(3, cols)
 
-    def _rrc_boxes(self, b: int, height: int, width: int, device: torch.device,
-                   gen: torch.Generator | None) -> Tensor:
+    def _rrc_boxes(
+        self, b: int, height: int, width: int, device: torch.device, gen: torch.Generator | None
+    ) -> Tensor:
         """Vectorised ``RandomResizedCrop.get_params``: ``(B, 4)`` boxes ``(top, left, h, w)`` in pixels."""
         tries = 10
         area = float(height * width)
@@ -194,7 +199,9 @@ class BatchAugment:
             fh, fw = height, int(round(height * _RATIO[1]))
         else:
             fw, fh = width, height
-        fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], device=device, dtype=torch.float64)
+        fallback = torch.tensor(
+            [(height - fh) // 2, (width - fw) // 2, fh, fw], device=device, dtype=torch.float64
+        )
         any_ok = ok.any(dim=1, keepdim=True)
         return torch.where(any_ok, boxes, fallback.expand(b, 4))
 
@@ -293,9 +300,19 @@ class DeviceBatchLoader:
             the same number of optimiser steps); ``False`` covers every sample exactly once (evaluation).
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int,
-                 transform: Callable[[Tensor, torch.Generator | None], Tensor], shuffle: bool, drop_last: bool,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, equal_shards: bool | None = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        transform: Callable[[Tensor, torch.Generator | None], Tensor],
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        equal_shards: bool | None = None,
+    ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, labels
@@ -340,7 +357,7 @@ class DeviceBatchLoader:
             order = torch.arange(n)
         if self.equal_shards:
             order = order[: (n // self.world_size) * self.world_size]
-        shard = order[self.rank::self.world_size]
+        shard = order[self.rank :: self.world_size]
         if self.drop_last:
             shard = shard[: (len(shard) // self.batch_size) * self.batch_size]
         return shard.to(self.device)
@@ -356,7 +373,7 @@ class DeviceBatchLoader:
         idx = self.indices(epoch)
         gen = self._generator(epoch)
         for start in range(0, len(idx), self.batch_size):
-            batch = idx[start:start + self.batch_size]
+            batch = idx[start : start + self.batch_size]
             yield self.transform(self.images.index_select(0, batch), gen), self.labels.index_select(0, batch)
 
 
@@ -401,11 +418,15 @@ class TensorCacheDataModule(L.LightningDataModule):
         if dtype not in ("float32", "bfloat16"):
             raise DataConfigError(f"dtype must be float32|bfloat16, got {dtype!r}")
         self.datamodule = datamodule
-        self.num_classes: int = datamodule.num_classes  # LightningCLI links data.num_classes right after __init__
+        self.num_classes: int = (
+            datamodule.num_classes
+        )  # LightningCLI links data.num_classes right after __init__
         self.class_names = datamodule.class_names
         self.batch_size = datamodule.batch_size
         self.requested_device = device
-        self.cache_dir = Path(os.path.expanduser(cache_dir)) if cache_dir else default_cache_root() / "tensor_cache"
+        self.cache_dir = (
+            Path(os.path.expanduser(cache_dir)) if cache_dir else default_cache_root() / "tensor_cache"
+        )
         self.storage_size = int(storage_size) if storage_size else int(datamodule.resize_size)
         if self.storage_size < 1:
             raise DataConfigError(f"storage_size must be >= 1, got {storage_size}")
@@ -433,8 +454,10 @@ class TensorCacheDataModule(L.LightningDataModule):
 
     def _fingerprint(self, ds: Dataset) -> str:
         h = hashlib.blake2b(digest_size=16)
-        h.update(f"v{CACHE_FORMAT_VERSION}|{type(self.datamodule).__qualname__}|{self.datamodule.root}|"
-                 f"{self.storage_size}|{self._storage_mode}|{type(ds).__qualname__}|{len(ds)}".encode())  # type: ignore[arg-type]
+        h.update(
+            f"v{CACHE_FORMAT_VERSION}|{type(self.datamodule).__qualname__}|{self.datamodule.root}|"
+            f"{self.storage_size}|{self._storage_mode}|{type(ds).__qualname__}|{len(ds)}".encode()
+        )  # type: ignore[arg-type]
         if isinstance(ds, ImageListDataset):
             for path, label in ds.samples:
                 st = os.stat(path)
@@ -460,7 +483,10 @@ class TensorCacheDataModule(L.LightningDataModule):
     def cache_path(self, split: str, ds: Dataset) -> Path:
         """The cache file of ``split`` (its name carries the dataset, split, size and the samples' fingerprint)."""
         name = type(self.datamodule).__name__.removesuffix("DataModule")
-        return self.cache_dir / f"{name}-{split}-{self.storage_size}px-{self._storage_mode}-{self._fingerprint(ds)}.pt"
+        return (
+            self.cache_dir
+            / f"{name}-{split}-{self.storage_size}px-{self._storage_mode}-{self._fingerprint(ds)}.pt"
+        )
 
     def _check_budget(self, n: int, split: str) -> None:
         nbytes = n * 3 * self.storage_size**2
@@ -494,12 +520,17 @@ class TensorCacheDataModule(L.LightningDataModule):
         loader = DataLoader(raw, batch_size=256, shuffle=False, num_workers=workers)
         pos = 0
         for x, y in loader:
-            images[pos:pos + len(y)] = x.as_subclass(Tensor)
-            labels[pos:pos + len(y)] = torch.as_tensor(y)
+            images[pos : pos + len(y)] = x.as_subclass(Tensor)
+            labels[pos : pos + len(y)] = torch.as_tensor(y)
             pos += len(y)
         self.decoded[split] = self.decoded.get(split, 0) + n
-        log.info("tensor cache: decoded %d %s images of %s at %dpx", n, split, type(self.datamodule).__name__,
-                 self.storage_size)
+        log.info(
+            "tensor cache: decoded %d %s images of %s at %dpx",
+            n,
+            split,
+            type(self.datamodule).__name__,
+            self.storage_size,
+        )
         return images, labels
 
     def _build_or_find(self, split: str, ds: Dataset) -> Path:
@@ -509,10 +540,21 @@ class TensorCacheDataModule(L.LightningDataModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             try:
-                torch.save({"images": images, "labels": labels, "version": CACHE_FORMAT_VERSION,
-                            "storage_size": self.storage_size, "split": split,
-                            "dataset": type(self.datamodule).__name__, "root": str(self.datamodule.root)}, tmp)
-                os.replace(tmp, path)  # atomic: readers never see half a file; concurrent writers are identical
+                torch.save(
+                    {
+                        "images": images,
+                        "labels": labels,
+                        "version": CACHE_FORMAT_VERSION,
+                        "storage_size": self.storage_size,
+                        "split": split,
+                        "dataset": type(self.datamodule).__name__,
+                        "root": str(self.datamodule.root),
+                    },
+                    tmp,
+                )
+                os.replace(
+                    tmp, path
+                )  # atomic: readers never see half a file; concurrent writers are identical
             finally:
                 tmp.unlink(missing_ok=True)
         self.cache_files[split] = path
@@ -538,13 +580,17 @@ class TensorCacheDataModule(L.LightningDataModule):
             if trainer_device is not None and trainer_device.type == "cuda":
                 return trainer_device
             if not torch.cuda.is_available():
-                raise DataConfigError("TensorCacheDataModule: device: cuda but CUDA is not available; use device: "
-                                      "auto or cpu")
+                raise DataConfigError(
+                    "TensorCacheDataModule: device: cuda but CUDA is not available; use device: auto or cpu"
+                )
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         if trainer_device is not None:
             return trainer_device
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
+        return (
+            torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            if torch.cuda.is_available()
             else torch.device("cpu")
+        )
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:
@@ -578,8 +624,9 @@ class TensorCacheDataModule(L.LightningDataModule):
             self.tensors.clear()
             self.device = None
 
-    def _loader(self, split: str, train: bool, rank: int | None = None, world_size: int | None = None
-                ) -> DeviceBatchLoader:
+    def _loader(
+        self, split: str, train: bool, rank: int | None = None, world_size: int | None = None
+    ) -> DeviceBatchLoader:
         if split not in self.tensors:
             raise RuntimeError(f"TensorCacheDataModule: no {split} split loaded; call setup() first")
         images, labels = self.tensors[split]
@@ -588,8 +635,15 @@ class TensorCacheDataModule(L.LightningDataModule):
         w = w if world_size is None else world_size
         shard = (len(labels) // w) if train else len(range(r, len(labels), w))
         return DeviceBatchLoader(
-            images, labels, self.batch_size, self.train_augment if train else self.eval_augment,
-            shuffle=train, drop_last=train and shard > self.batch_size, seed=self.seed, rank=r, world_size=w,
+            images,
+            labels,
+            self.batch_size,
+            self.train_augment if train else self.eval_augment,
+            shuffle=train,
+            drop_last=train and shard > self.batch_size,
+            seed=self.seed,
+            rank=r,
+            world_size=w,
         )
 
     def train_dataloader(self, rank: int | None = None, world_size: int | None = None) -> DeviceBatchLoader:

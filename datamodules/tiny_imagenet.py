@@ -44,10 +44,17 @@ class TinyImageNetDataModule(ClassificationDataModule):
     )
     eval_crop_ratio = 1.0
 
-    def __init__(self, root: str = "data/tiny-imagenet-200", image_size: int = 64,
-                 train_crop: TrainCrop = "random", crop_padding: int = 8, **kwargs: Any) -> None:
-        super().__init__(root=root, image_size=image_size, train_crop=train_crop, crop_padding=crop_padding,
-                         **kwargs)
+    def __init__(
+        self,
+        root: str = "data/tiny-imagenet-200",
+        image_size: int = 64,
+        train_crop: TrainCrop = "random",
+        crop_padding: int = 8,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            root=root, image_size=image_size, train_crop=train_crop, crop_padding=crop_padding, **kwargs
+        )
         self.num_classes = 200
 
     @property
@@ -58,7 +65,12 @@ class TinyImageNetDataModule(ClassificationDataModule):
         if not os.path.isdir(self.root):
             raise self.layout_error(self.root, "dataset root not found")
         base = self.data_dir
-        for rel in ("wnids.txt", "train", os.path.join("val", "images"), os.path.join("val", "val_annotations.txt")):
+        for rel in (
+            "wnids.txt",
+            "train",
+            os.path.join("val", "images"),
+            os.path.join("val", "val_annotations.txt"),
+        ):
             if not os.path.exists(os.path.join(base, rel)):
                 raise self.layout_error(os.path.join(base, rel))
 
@@ -96,8 +108,10 @@ class TinyImageNetDataModule(ClassificationDataModule):
                 if len(fields) < 2 or not line.strip():
                     continue
                 if fields[1] not in index:
-                    raise self.layout_error(os.path.join(base, "val", "val_annotations.txt"),
-                                            f"line {line_no}: wnid {fields[1]} not in wnids.txt")
+                    raise self.layout_error(
+                        os.path.join(base, "val", "val_annotations.txt"),
+                        f"line {line_no}: wnid {fields[1]} not in wnids.txt",
+                    )
                 val.append((os.path.join(base, "val", "images", fields[0]), index[fields[1]]))
         missing = next((p for p, _ in val if not os.path.isfile(p)), None)
         if missing:

@@ -52,7 +52,9 @@ class FiniteLossGuard(Callback):
         self.check_every_n_steps = check_every_n_steps
         self._batch_idx = -1
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int
+    ) -> None:
         self._batch_idx = batch_idx
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
@@ -94,10 +96,17 @@ class RNGStateCallback(Callback):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        random.setstate((state_dict["python_version"], tuple(state_dict["python"]), state_dict["python_gauss"]))
+        random.setstate(
+            (state_dict["python_version"], tuple(state_dict["python"]), state_dict["python_gauss"])
+        )
         np.random.set_state(
-            ("MT19937", state_dict["numpy_keys"].numpy().astype(np.uint32), state_dict["numpy_pos"],
-             state_dict["numpy_has_gauss"], state_dict["numpy_gauss"])
+            (
+                "MT19937",
+                state_dict["numpy_keys"].numpy().astype(np.uint32),
+                state_dict["numpy_pos"],
+                state_dict["numpy_has_gauss"],
+                state_dict["numpy_gauss"],
+            )
         )
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():

@@ -20,7 +20,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     callbacks' states), which are this project's own files.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
         path = os.fspath(path)
         folder = os.path.dirname(path) or "."
         os.makedirs(folder, exist_ok=True)

@@ -42,6 +42,8 @@ METRICS: dict[str, Callable[[int], Metric]] = {
     "auroc": lambda n: MulticlassAUROC(n, average="macro", thresholds=None),
     "ap": lambda n: MulticlassAveragePrecision(n, average="macro", thresholds=None),
 }
+
+
 class UnknownMetricError(ValueError):
     """A metric name in the YAML that this project does not define."""
 
@@ -61,11 +63,16 @@ def build_metrics(names: Sequence[str], num_classes: int, prefix: str) -> Metric
     """
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise UnknownMetricError(f"unknown metric(s) {unknown} in model.init_args.metrics; available: {sorted(METRICS)}")
+        raise UnknownMetricError(
+            f"unknown metric(s) {unknown} in model.init_args.metrics; available: {sorted(METRICS)}"
+        )
     chosen = {}
     for name in names:
         if name in _TOP_K and _TOP_K[name] >= num_classes and name != "acc1":
-            warnings.warn(f"metric {name} skipped: top-{_TOP_K[name]} is trivial with {num_classes} classes", stacklevel=2)
+            warnings.warn(
+                f"metric {name} skipped: top-{_TOP_K[name]} is trivial with {num_classes} classes",
+                stacklevel=2,
+            )
             continue
         chosen[name] = METRICS[name](num_classes)
     return MetricCollection(chosen, prefix=prefix)

@@ -54,7 +54,10 @@ class WarmupCosineLR(LRScheduler):
     def get_lr(self) -> list[float]:
         t = self.last_epoch
         if t < self.warmup_epochs:
-            return [base * _warmup_factor(t, self.warmup_epochs, self.warmup_start_factor) for base in self.base_lrs]
+            return [
+                base * _warmup_factor(t, self.warmup_epochs, self.warmup_start_factor)
+                for base in self.base_lrs
+            ]
         progress = min(1.0, (t - self.warmup_epochs) / (self.max_epochs - self.warmup_epochs))
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         return [self.eta_min + (base - self.eta_min) * cosine for base in self.base_lrs]

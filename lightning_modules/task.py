@@ -112,7 +112,9 @@ class ClassificationTask(LightningModule):
         self.loss = loss if loss is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         if isinstance(self.loss, TaskLoss):
             # the embedding width: timm's head_hidden_size where a pre-logits MLP widens it (VGG), else num_features
-            width = getattr(self.backbone, "head_hidden_size", None) or getattr(self.backbone, "num_features", 0)
+            width = getattr(self.backbone, "head_hidden_size", None) or getattr(
+                self.backbone, "num_features", 0
+            )
             self.loss.bind(int(width), num_classes)
         self._needs = self.loss.requires if isinstance(self.loss, TaskLoss) else frozenset({"logits"})
         if "logits" not in self._needs:
@@ -164,7 +166,9 @@ class ClassificationTask(LightningModule):
         loss = losses["loss"]
         self.train_loss(loss.detach())
         self.train_acc(self.predict_logits(outputs).detach(), y)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=y.shape[0])
+        self.log(
+            "train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=y.shape[0]
+        )
         for name, value in losses.items():
             if name != "loss":
                 self.log(f"train/loss_{name}", value.detach(), on_step=True, batch_size=y.shape[0])

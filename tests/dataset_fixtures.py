@@ -75,7 +75,10 @@ def write_jpeg(path: Path, label: int, index: int, size: int = 32) -> Path:
 
 def _pixels(labels: list[int], offset: int) -> np.ndarray:
     """``(N, 3072)`` uint8 rows in CIFAR's channel-major order."""
-    rows = [np.asarray(fixture_image(lbl, offset + i)).transpose(2, 0, 1).reshape(-1) for i, lbl in enumerate(labels)]
+    rows = [
+        np.asarray(fixture_image(lbl, offset + i)).transpose(2, 0, 1).reshape(-1)
+        for i, lbl in enumerate(labels)
+    ]
     return np.stack(rows).astype(np.uint8)
 
 
@@ -116,13 +119,25 @@ def build_cifar10(root: Path, per_batch: int = 4, test_size: int = 6) -> dict[st
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     for b in range(1, 6):
         labels = [(b * per_batch + i) % 10 for i in range(per_batch)]
-        _pickle(base / f"data_batch_{b}", {
-            "batch_label": f"training batch {b} of 5", "labels": labels, "data": _pixels(labels, b * per_batch),
-            "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)],
-        })
+        _pickle(
+            base / f"data_batch_{b}",
+            {
+                "batch_label": f"training batch {b} of 5",
+                "labels": labels,
+                "data": _pixels(labels, b * per_batch),
+                "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)],
+            },
+        )
     labels = [i % 10 for i in range(test_size)]
-    _pickle(base / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": labels,
-                                  "data": _pixels(labels, 100), "filenames": [f"t_{i}.png" for i in labels]})
+    _pickle(
+        base / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": labels,
+            "data": _pixels(labels, 100),
+            "filenames": [f"t_{i}.png" for i in labels],
+        },
+    )
     _pickle(base / "batches.meta", {"num_cases_per_batch": per_batch, "label_names": names, "num_vis": 3072})
     return {"root": str(root)}
 
@@ -132,11 +147,23 @@ def build_cifar100(root: Path, train_size: int = 12, test_size: int = 6) -> dict
     base = root / "cifar-100-python"
     for split, n, offset in (("train", train_size, 0), ("test", test_size, 50)):
         fine = [(7 * i) % 100 for i in range(n)]
-        _pickle(base / split, {"filenames": [f"{split}_{i}.png" for i in range(n)], "batch_label": f"{split} batch",
-                               "fine_labels": fine, "coarse_labels": [f // 5 for f in fine],
-                               "data": _pixels(fine, offset)})
-    _pickle(base / "meta", {"fine_label_names": [f"fine_{i}" for i in range(100)],
-                            "coarse_label_names": [f"coarse_{i}" for i in range(20)]})
+        _pickle(
+            base / split,
+            {
+                "filenames": [f"{split}_{i}.png" for i in range(n)],
+                "batch_label": f"{split} batch",
+                "fine_labels": fine,
+                "coarse_labels": [f // 5 for f in fine],
+                "data": _pixels(fine, offset),
+            },
+        )
+    _pickle(
+        base / "meta",
+        {
+            "fine_label_names": [f"fine_{i}" for i in range(100)],
+            "coarse_label_names": [f"coarse_{i}" for i in range(20)],
+        },
+    )
     return {"root": str(root)}
 
 
@@ -203,8 +230,14 @@ def _cars_struct(labels: list[int]) -> np.ndarray:
     fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
     rec = np.empty((1, len(labels)), dtype=[(f, "O") for f in fields])
     for i, label in enumerate(labels):
-        rec[0, i] = (np.array([[1]], np.uint8), np.array([[2]], np.uint8), np.array([[30]], np.uint8),
-                     np.array([[31]], np.uint8), np.array([[label + 1]], np.uint8), np.array([f"{i + 1:05d}.jpg"]))
+        rec[0, i] = (
+            np.array([[1]], np.uint8),
+            np.array([[2]], np.uint8),
+            np.array([[30]], np.uint8),
+            np.array([[31]], np.uint8),
+            np.array([[label + 1]], np.uint8),
+            np.array([f"{i + 1:05d}.jpg"]),
+        )
     return rec
 
 
@@ -219,17 +252,24 @@ def build_stanford_cars(root: Path, per_class_train: int = 2, per_class_test: in
     for i in range(196):
         names[0, i] = CARS_CLASSES[i] if i < len(CARS_CLASSES) else f"Car Model {i + 1}"
     savemat(base / "devkit" / "cars_meta.mat", {"class_names": names})
-    for split, per_class, mat in (("train", per_class_train, base / "devkit" / "cars_train_annos.mat"),
-                                  ("test", per_class_test, base / "cars_test_annos_withlabels.mat")):
+    for split, per_class, mat in (
+        ("train", per_class_train, base / "devkit" / "cars_train_annos.mat"),
+        ("test", per_class_test, base / "cars_test_annos_withlabels.mat"),
+    ):
         labels = [lbl for lbl in range(len(CARS_CLASSES)) for _ in range(per_class)]
         for i, label in enumerate(labels):
-            write_jpeg(base / f"cars_{split}" / f"{i + 1:05d}.jpg", label, i + (0 if split == "train" else 20))
+            write_jpeg(
+                base / f"cars_{split}" / f"{i + 1:05d}.jpg", label, i + (0 if split == "train" else 20)
+            )
         savemat(mat, {"annotations": _cars_struct(labels)})
     return {"root": str(root)}
 
 
-AIRCRAFT = [("707-320", "Boeing 707", "Boeing"), ("727-200", "Boeing 727", "Boeing"),
-            ("A300B4", "A300", "Airbus")]
+AIRCRAFT = [
+    ("707-320", "Boeing 707", "Boeing"),
+    ("727-200", "Boeing 727", "Boeing"),
+    ("A300B4", "A300", "Airbus"),
+]
 
 
 def build_fgvc_aircraft(root: Path, trainval_per_class: int = 3, test_per_class: int = 2) -> dict[str, Any]:
@@ -238,7 +278,9 @@ def build_fgvc_aircraft(root: Path, trainval_per_class: int = 3, test_per_class:
     data.mkdir(parents=True, exist_ok=True)
     (data / "variants.txt").write_text("".join(f"{v}\n" for v, _, _ in AIRCRAFT))
     (data / "families.txt").write_text("".join(f"{f}\n" for f in dict.fromkeys(f for _, f, _ in AIRCRAFT)))
-    (data / "manufacturers.txt").write_text("".join(f"{m}\n" for m in dict.fromkeys(m for _, _, m in AIRCRAFT)))
+    (data / "manufacturers.txt").write_text(
+        "".join(f"{m}\n" for m in dict.fromkeys(m for _, _, m in AIRCRAFT))
+    )
     image_id = 1000000
     rows: dict[str, list[tuple[str, int]]] = {"trainval": [], "test": [], "train": [], "val": []}
     for label in range(len(AIRCRAFT)):
@@ -252,7 +294,8 @@ def build_fgvc_aircraft(root: Path, trainval_per_class: int = 3, test_per_class:
     for level, column in (("variant", 0), ("family", 1), ("manufacturer", 2)):
         for split, entries in rows.items():
             (data / f"images_{level}_{split}.txt").write_text(
-                "".join(f"{iid} {AIRCRAFT[label][column]}\n" for iid, label in entries))
+                "".join(f"{iid} {AIRCRAFT[label][column]}\n" for iid, label in entries)
+            )
     return {"root": str(root / "fgvc-aircraft-2013b")}
 
 
@@ -267,11 +310,14 @@ def build_flowers102(root: Path, per_class: int = 4) -> dict[str, Any]:
     savemat(base / "imagelabels.mat", {"labels": np.array([[lbl + 1 for lbl in labels]], dtype=np.uint8)})
     ids = np.arange(1, len(labels) + 1)
     kind = ids % per_class  # per class: 1 train, 1 val, the rest test (the official split is 10 / 10 / rest)
-    savemat(base / "setid.mat", {
-        "trnid": ids[kind == 1][None, :].astype(np.uint16),
-        "valid": ids[kind == 2][None, :].astype(np.uint16),
-        "tstid": ids[(kind != 1) & (kind != 2)][None, :].astype(np.uint16),
-    })
+    savemat(
+        base / "setid.mat",
+        {
+            "trnid": ids[kind == 1][None, :].astype(np.uint16),
+            "valid": ids[kind == 2][None, :].astype(np.uint16),
+            "tstid": ids[(kind != 1) & (kind != 2)][None, :].astype(np.uint16),
+        },
+    )
     return {"root": str(root)}
 
 
@@ -281,7 +327,9 @@ def build_flowers5(root: Path, per_class: int = 6) -> dict[str, Any]:
     for label, cls in enumerate(["daisy", "dandelion", "roses", "sunflowers", "tulips"]):
         for i in range(per_class):
             write_jpeg(base / cls / f"{1000 + i}_{label}.jpg", label, i)
-    (base / "LICENSE.txt").write_text("All images in this archive are licensed under the Creative Commons By-Attribution License.\n")
+    (base / "LICENSE.txt").write_text(
+        "All images in this archive are licensed under the Creative Commons By-Attribution License.\n"
+    )
     return {"root": str(root)}
 
 

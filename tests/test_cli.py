@@ -13,9 +13,18 @@ import main as cli
 
 QUICKSTART = str(cli.ROOT / "experiments" / "quickstart.yaml")
 FAST = [
-    "--trainer.logger", "false", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
-    "--trainer.enable_progress_bar", "false", "--test_after_fit", "false",
-    "--data.init_args.image_size", "16",
+    "--trainer.logger",
+    "false",
+    "--trainer.max_steps",
+    "1",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--test_after_fit",
+    "false",
+    "--data.init_args.image_size",
+    "16",
 ]
 
 
@@ -31,8 +40,9 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_unknown_model_is_one_message_with_close_matches(monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, "fit", "--config", QUICKSTART, *FAST,
-                            "--model.init_args.backbone", "resnet81")
+    code, _, err = run_main(
+        monkeypatch, capsys, "fit", "--config", QUICKSTART, *FAST, "--model.init_args.backbone", "resnet81"
+    )
     assert code == 2
     assert "unknown backbone 'resnet81'" in err and "resnet18" in err
     assert "Traceback" not in err
@@ -48,15 +58,17 @@ def test_unknown_yaml_key_is_rejected_with_its_name(monkeypatch, capsys, tmp_pat
 
 
 def test_wrong_value_type_is_rejected(monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, "fit", "--config", QUICKSTART, *FAST,
-                            "--data.init_args.batch_size", "many")
+    code, _, err = run_main(
+        monkeypatch, capsys, "fit", "--config", QUICKSTART, *FAST, "--data.init_args.batch_size", "many"
+    )
     assert code == 2
     assert "batch_size" in err and "Traceback" not in err
 
 
 def test_unknown_metric_is_one_message(monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, "fit", "--config", QUICKSTART, *FAST,
-                            "--model.init_args.metrics", "[acc1, top1]")
+    code, _, err = run_main(
+        monkeypatch, capsys, "fit", "--config", QUICKSTART, *FAST, "--model.init_args.metrics", "[acc1, top1]"
+    )
     assert code == 2 and "top1" in err and "available" in err
 
 
@@ -78,8 +90,17 @@ def test_run_folder_and_refusal_to_overwrite(monkeypatch, capsys, tmp_path):
     assert code == 2 and "--ckpt_path last" in err
     assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before  # nothing overwritten
 
-    code, _, err = run_main(monkeypatch, capsys, *args[:-2], "--trainer.default_root_dir", str(runs),
-                            "--trainer.max_steps", "2", "--ckpt_path", "last")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        *args[:-2],
+        "--trainer.default_root_dir",
+        str(runs),
+        "--trainer.max_steps",
+        "2",
+        "--ckpt_path",
+        "last",
+    )
     assert code == 0, err
 
 

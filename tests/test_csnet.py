@@ -27,12 +27,20 @@ from backbones.layers.cross_layer_attention import (
 
 CSNET_MODELS = sorted(timm.list_models("csnet*"))
 EXPECTED_MODELS = [
-    "csnet101", "csnet101_base", "csnet101_both", "csnet101_channel", "csnet101_low", "csnet101_spatial",
-    "csnet50", "csnet50_base",
+    "csnet101",
+    "csnet101_base",
+    "csnet101_both",
+    "csnet101_channel",
+    "csnet101_low",
+    "csnet101_spatial",
+    "csnet50",
+    "csnet50_base",
 ]
 
 
-def _maps(b: int = 2, cl: int = 16, ch: int = 24, hl: int = 8, wl: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+def _maps(
+    b: int = 2, cl: int = 16, ch: int = 24, hl: int = 8, wl: int = 6
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A low map and a high map at half its resolution, post-ReLU like ResNet stage outputs."""
     torch.manual_seed(0)
     return torch.randn(b, cl, hl, wl).relu(), torch.randn(b, ch, hl // 2, wl // 2).relu()
@@ -72,12 +80,16 @@ def test_spatial_attention_matches_equations_3_4(value: str, heads: int) -> None
     b, c, hl, wl = low.shape
     q = att.query(low).flatten(2).transpose(1, 2)  # (B, N_l, d)
     k = att.key(high).flatten(2).transpose(1, 2)  # (B, N_h, d)
-    v = att.proj_value(F.avg_pool2d(low, 2) if value == "low" else high).flatten(2).transpose(1, 2)  # (B, N_h, C)
+    v = (
+        att.proj_value(F.avg_pool2d(low, 2) if value == "low" else high).flatten(2).transpose(1, 2)
+    )  # (B, N_h, C)
     d, dh, ch = q.shape[-1], q.shape[-1] // heads, c // heads
     outs = []
     for h in range(heads):  # the literal multi-head definition; the module does this in one SDPA call
-        a = torch.softmax(q[..., h * dh:(h + 1) * dh] @ k[..., h * dh:(h + 1) * dh].transpose(1, 2) / math.sqrt(dh), -1)
-        outs.append(a @ v[..., h * ch:(h + 1) * ch])  # (B, N_l, C/h)
+        a = torch.softmax(
+            q[..., h * dh : (h + 1) * dh] @ k[..., h * dh : (h + 1) * dh].transpose(1, 2) / math.sqrt(dh), -1
+        )
+        outs.append(a @ v[..., h * ch : (h + 1) * ch])  # (B, N_l, C/h)
     z = torch.cat(outs, dim=-1).transpose(1, 2).reshape(b, c, hl, wl)
     assert d == 4
     torch.testing.assert_close(att(low, high), low + 0.3 * z, rtol=1e-5, atol=1e-5)
@@ -86,7 +98,10 @@ def test_spatial_attention_matches_equations_3_4(value: str, heads: int) -> None
 def test_attention_is_cross_layer() -> None:
     """The refined low map depends on the high map (and is the identity at the default zero gate)."""
     low, high = _maps()
-    for att in (CrossLayerChannelAttention(16, 24, gamma_init=1.0), CrossLayerSpatialAttention(16, 24, 4, gamma_init=1.0)):
+    for att in (
+        CrossLayerChannelAttention(16, 24, gamma_init=1.0),
+        CrossLayerSpatialAttention(16, 24, 4, gamma_init=1.0),
+    ):
         att.eval()
         assert not torch.allclose(att(low, high), att(low, high * 2 + 1))
     for att in (CrossLayerChannelAttention(16, 24), CrossLayerSpatialAttention(16, 24, 4)):
@@ -189,8 +204,9 @@ def test_model_contract(name: str) -> None:
     assert out.shape == (2, model.num_features) and torch.isfinite(out.float()).all()
 
 
-def _cs_param_count(cl: int, ch: int, channel: bool, spatial: bool, fusion: str, hidden: int = 512,
-                    r: int = 8) -> int:
+def _cs_param_count(
+    cl: int, ch: int, channel: bool, spatial: bool, fusion: str, hidden: int = 512, r: int = 8
+) -> int:
     """Parameters of the CS module, counted from Eqs. (1)-(6) by hand."""
     d = cl // r
     n = 0
@@ -203,8 +219,10 @@ def _cs_param_count(cl: int, ch: int, channel: bool, spatial: bool, fusion: str,
     return n
 
 
-@pytest.mark.parametrize("channel,spatial,fusion", [(True, True, "conv"), (True, False, "concat"),
-                                                     (False, True, "concat"), (False, False, "sum")])
+@pytest.mark.parametrize(
+    "channel,spatial,fusion",
+    [(True, True, "conv"), (True, False, "concat"), (False, True, "concat"), (False, False, "sum")],
+)
 def test_cs_module_parameter_count(channel: bool, spatial: bool, fusion: str) -> None:
     cs = CrossLayerSelfAttention(1024, 2048, channel_attn=channel, spatial_attn=spatial, fusion=fusion)
     expected = _cs_param_count(1024, 2048, channel, spatial, fusion)
@@ -221,7 +239,10 @@ def test_parameter_count(name: str, trunk: str) -> None:
     expected = sum(p.numel() for p in resnet.parameters()) + _cs_param_count(1024, 2048, True, True, "conv")
     expected += (model.num_features + 1) * 200
     assert sum(p.numel() for p in model.parameters()) == expected
-    assert sum(p.numel() for p in resnet.parameters()) == {"resnet101": 42_500_160, "resnet50": 23_508_032}[trunk]
+    assert (
+        sum(p.numel() for p in resnet.parameters())
+        == {"resnet101": 42_500_160, "resnet50": 23_508_032}[trunk]
+    )
 
 
 def test_full_model_reproduces_resnet_features_at_init() -> None:
@@ -248,7 +269,9 @@ def test_low_stage_option_and_small_trunk_at_448() -> None:
 
 def test_grad_checkpointing_and_pooling_options() -> None:
     torch.manual_seed(0)
-    model = timm.create_model("csnet101", trunk="resnet18", num_classes=3, gamma_init=0.5).train()  # trunk override
+    model = timm.create_model(
+        "csnet101", trunk="resnet18", num_classes=3, gamma_init=0.5
+    ).train()  # trunk override
     assert model.num_features == 512 and model.trunk.feature_info[-1]["num_chs"] == 512
     x = torch.randn(2, 3, 64, 64)
     model.set_grad_checkpointing(True)
@@ -278,16 +301,22 @@ def test_zero_gates_open_during_training() -> None:
     model = CSNet(trunk="resnet18", num_classes=3, fusion_dim=16).train()
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    watched = {"fusion_bn0": model.cs.fusion.transform[2][1].weight, "gamma_c": model.cs.channel.gamma,
-               "gamma_s": model.cs.spatial.gamma, "channel_key": model.cs.channel.key[0].weight,
-               "spatial_query": model.cs.spatial.query.weight}
+    watched = {
+        "fusion_bn0": model.cs.fusion.transform[2][1].weight,
+        "gamma_c": model.cs.channel.gamma,
+        "gamma_s": model.cs.spatial.gamma,
+        "channel_key": model.cs.channel.key[0].weight,
+        "spatial_query": model.cs.spatial.query.weight,
+    }
     moved_at: dict[str, int] = {}
     for step in (1, 2, 3):
         before = {k: p.detach().clone() for k, p in watched.items()}
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-        moved_at.update({k: step for k, p in watched.items() if k not in moved_at and not torch.equal(p, before[k])})
+        moved_at.update(
+            {k: step for k, p in watched.items() if k not in moved_at and not torch.equal(p, before[k])}
+        )
     assert moved_at == {"fusion_bn0": 1, "gamma_c": 2, "gamma_s": 2, "channel_key": 3, "spatial_query": 3}
 
 
@@ -339,9 +368,14 @@ def test_experiment_files(path: Path) -> None:
     data = cfg["data"]["init_args"]
     assert (data["image_size"], data["resize_size"], data["train_crop"]) == (448, 512, "random")
     dataset = path.stem.split("_")[1]
-    assert cfg["data"]["class_path"] == {"cub": "datamodules.CUB200DataModule",
-                                         "cars": "datamodules.StanfordCarsDataModule",
-                                         "aircraft": "datamodules.FGVCAircraftDataModule"}[dataset]
+    assert (
+        cfg["data"]["class_path"]
+        == {
+            "cub": "datamodules.CUB200DataModule",
+            "cars": "datamodules.StanfordCarsDataModule",
+            "aircraft": "datamodules.FGVCAircraftDataModule",
+        }[dataset]
+    )
     row = path.stem.split("_")[2] if path.stem.count("_") == 2 else "full"
     assert args["backbone"] == path.stem.split("_")[0] + ("" if row == "full" else f"_{row}")
 

@@ -83,9 +83,16 @@ class TinyClassifier(L.LightningModule):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(), nn.Linear(16 * 16, num_classes),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(16 * 16, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,16 +117,26 @@ class TinyClassifier(L.LightningModule):
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 # ------------------------------------------------------------------------------------------ every datamodule
 def test_every_datamodule_has_a_fixture():
-    classes = {name for name in datamodules.__all__
-               if isinstance(getattr(datamodules, name), type)
-               and issubclass(getattr(datamodules, name), ClassificationDataModule)
-               and name != "ClassificationDataModule"}
+    classes = {
+        name
+        for name in datamodules.__all__
+        if isinstance(getattr(datamodules, name), type)
+        and issubclass(getattr(datamodules, name), ClassificationDataModule)
+        and name != "ClassificationDataModule"
+    }
     assert {cp.rsplit(".", 1)[-1] for cp in FIXTURE_BUILDERS} == classes
     assert set(EXPECTED_NUM_CLASSES) == set(FIXTURE_BUILDERS)
 
@@ -142,8 +159,12 @@ def test_batches_on_fixture(class_path, tmp_path):
     dm.setup("fit")
     sizes = dm.split_sizes()
     assert sizes["train"] > 0 and sizes["val"] > 0 and sizes["test"] > 0
-    for loader, shuffled in ((dm.train_dataloader(), True), (dm.val_dataloader(), False),
-                             (dm.test_dataloader(), False), (dm.predict_dataloader(), False)):
+    for loader, shuffled in (
+        (dm.train_dataloader(), True),
+        (dm.val_dataloader(), False),
+        (dm.test_dataloader(), False),
+        (dm.predict_dataloader(), False),
+    ):
         assert isinstance(loader.sampler, RandomSampler if shuffled else SequentialSampler)
         x, y = next(iter(loader))
         assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32
@@ -173,8 +194,15 @@ def test_hparams_saved_and_compatible_with_a_logger(tmp_path):
 
     dm = make("datamodules.ImageFolderDataModule", tmp_path, num_classes=None, split_seed=7)
     assert dm.hparams["split_seed"] == 7 and dm.hparams["batch_size"] == 2 and "num_classes" not in dm.hparams
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=1, logger=CSVLogger(tmp_path / "logs"),
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=1,
+        logger=CSVLogger(tmp_path / "logs"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Model(dm.num_classes), datamodule=dm)
     assert trainer.global_step == 1
 
@@ -201,8 +229,12 @@ def test_cub_split_follows_train_test_split_txt(tmp_path):
     paths = dict(line.split() for line in (base / "images.txt").read_text().splitlines())
     is_train = dict(line.split() for line in (base / "train_test_split.txt").read_text().splitlines())
     labels = dict(line.split() for line in (base / "image_class_labels.txt").read_text().splitlines())
-    expected_train = {(str(base / "images" / paths[i]), int(labels[i]) - 1) for i in paths if is_train[i] == "1"}
-    expected_test = {(str(base / "images" / paths[i]), int(labels[i]) - 1) for i in paths if is_train[i] == "0"}
+    expected_train = {
+        (str(base / "images" / paths[i]), int(labels[i]) - 1) for i in paths if is_train[i] == "1"
+    }
+    expected_test = {
+        (str(base / "images" / paths[i]), int(labels[i]) - 1) for i in paths if is_train[i] == "0"
+    }
     assert set(dm.train_set.samples) == expected_train
     assert set(dm.test_set.samples) == expected_test
     assert dm.val_set is dm.test_set  # the papers' protocol: no separate validation split
@@ -261,7 +293,9 @@ def test_tiny_imagenet_uses_val_as_test_and_sorted_wnids(tmp_path):
     dm.setup()
     base = Path(dm.data_dir)
     wnids = sorted((base / "wnids.txt").read_text().split())
-    annotations = [line.split("\t")[:2] for line in (base / "val" / "val_annotations.txt").read_text().splitlines()]
+    annotations = [
+        line.split("\t")[:2] for line in (base / "val" / "val_annotations.txt").read_text().splitlines()
+    ]
     assert dm.test_set.samples == [(str(base / "val" / "images" / f), wnids.index(w)) for f, w in annotations]
     assert dm.val_set is dm.test_set
     assert dm.class_names[0].startswith("goldfish")
@@ -280,7 +314,9 @@ def test_digits_split_and_determinism():
     a, b = DigitsDataModule(), DigitsDataModule()
     a.setup(), b.setup()
     assert a.split_sizes() == {"train": 1257, "val": 270, "test": 270}
-    assert torch.equal(a.test_set.labels, b.test_set.labels) and torch.equal(a.test_set.images, b.test_set.images)
+    assert torch.equal(a.test_set.labels, b.test_set.labels) and torch.equal(
+        a.test_set.images, b.test_set.images
+    )
     assert torch.bincount(a.train_set.labels, minlength=10).min() >= 120  # stratified: ~126 a class
     c = DigitsDataModule(split_seed=1)
     c.setup()
@@ -301,8 +337,9 @@ def test_digits_small_cnn_learns_quickly():
 @pytest.mark.parametrize("train_crop", ["random_resized", "random", "center", "resize"])
 def test_train_crops_give_the_input_size(train_crop, tmp_path):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
-    dm = ClassificationDataModule(image_size=24, train_crop=train_crop, crop_padding=2, vflip=0.5, rotation=10,
-                                  color_jitter=0.2)
+    dm = ClassificationDataModule(
+        image_size=24, train_crop=train_crop, crop_padding=2, vflip=0.5, rotation=10, color_jitter=0.2
+    )
     assert dm.resize_size == round(24 / 0.875)
     for transform in (dm.train_transform, dm.eval_transform):
         out = transform(image)
@@ -312,7 +349,13 @@ def test_train_crops_give_the_input_size(train_crop, tmp_path):
 
 def test_cifar_defaults_and_larger_image_size():
     dm = CIFAR10DataModule(root="unused")
-    assert (dm.image_size, dm.resize_size, dm.train_crop, dm.crop_padding, dm.hflip) == (32, 32, "random", 4, 0.5)
+    assert (dm.image_size, dm.resize_size, dm.train_crop, dm.crop_padding, dm.hflip) == (
+        32,
+        32,
+        "random",
+        4,
+        0.5,
+    )
     big = CIFAR10DataModule(root="unused", image_size=64)
     x = torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
     assert big.train_transform(x).shape == (3, 64, 64) and big.eval_transform(x).shape == (3, 64, 64)
@@ -337,8 +380,20 @@ def test_cli_parser_sees_typed_shared_arguments(class_path):
     cls = getattr(datamodules, class_path.rsplit(".", 1)[-1])
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, "data")
-    cfg = parser.parse_args(["--data.train_crop", "resize", "--data.scale", "[0.5, 1.0]", "--data.vflip", "0.5",
-                             "--data.on_bad_image", "skip", "--data.mean", "[0.5, 0.5, 0.5]"])
+    cfg = parser.parse_args(
+        [
+            "--data.train_crop",
+            "resize",
+            "--data.scale",
+            "[0.5, 1.0]",
+            "--data.vflip",
+            "0.5",
+            "--data.on_bad_image",
+            "skip",
+            "--data.mean",
+            "[0.5, 0.5, 0.5]",
+        ]
+    )
     assert cfg.data.train_crop == "resize" and tuple(cfg.data.scale) == (0.5, 1.0)
     with pytest.raises(Exception, match="train_crop"):
         parser.parse_args(["--data.train_crop", "bogus"])
@@ -356,7 +411,9 @@ def test_missing_root_is_one_clear_error(class_path, tmp_path):
     message = str(info.value)
     assert dm.dataset_name in message and str(missing) in message
     assert "Expected layout:" in message and "Get the data from:" in message
-    assert isinstance(info.value, FileNotFoundError) and info.value.user_error  # main.py: message, no traceback
+    assert (
+        isinstance(info.value, FileNotFoundError) and info.value.user_error
+    )  # main.py: message, no traceback
     assert info.value.__cause__ is None and info.value.__context__ is None
 
 
@@ -397,7 +454,9 @@ def test_missing_listed_image_is_named(tmp_path):
         CUB200DataModule(**kwargs, **FAST).setup()
 
 
-@pytest.mark.parametrize("class_path", ["datamodules.ImageFolderDataModule", "datamodules.Flowers5DataModule"])
+@pytest.mark.parametrize(
+    "class_path", ["datamodules.ImageFolderDataModule", "datamodules.Flowers5DataModule"]
+)
 def test_empty_class_folder_is_named(class_path, tmp_path):
     kwargs = build_dataset_fixture(class_path, tmp_path)
     folder = Path(kwargs["root"])
@@ -440,7 +499,9 @@ def test_image_folder_ratio_split_is_stratified_and_seeded(tmp_path):
     kwargs = build_dataset_fixture("datamodules.ImageFolderDataModule", tmp_path)
     runs = []
     for seed in (0, 0, 1):
-        dm = ImageFolderDataModule(**{**kwargs, "split_ratios": (0.5, 0.25, 0.25), "split_seed": seed}, **FAST)
+        dm = ImageFolderDataModule(
+            **{**kwargs, "split_ratios": (0.5, 0.25, 0.25), "split_seed": seed}, **FAST
+        )
         dm.setup()
         runs.append([sorted(p for p, _ in ds.samples) for ds in (dm.train_set, dm.val_set, dm.test_set)])
         assert np.bincount(dm.train_set.targets).tolist() == [4, 4, 4]
@@ -508,13 +569,17 @@ def test_load_rgb_converts_every_mode(tmp_path):
 
 def test_image_folder_batches_from_mixed_modes(tmp_path):
     root = tmp_path / "mixed"
-    for name, image, ext in (("a", Image.new("L", (20, 12), 50), "jpg"),
-                             ("a", Image.new("CMYK", (12, 20), (10, 20, 30, 0)), "jpg"),
-                             ("b", Image.new("RGBA", (16, 16), (1, 2, 3, 100)), "png"),
-                             ("b", Image.fromarray(np.full((9, 9), 40000, np.uint16)), "png")):
+    for name, image, ext in (
+        ("a", Image.new("L", (20, 12), 50), "jpg"),
+        ("a", Image.new("CMYK", (12, 20), (10, 20, 30, 0)), "jpg"),
+        ("b", Image.new("RGBA", (16, 16), (1, 2, 3, 100)), "png"),
+        ("b", Image.fromarray(np.full((9, 9), 40000, np.uint16)), "png"),
+    ):
         (root / name).mkdir(parents=True, exist_ok=True)
         image.save(root / name / f"{len(list((root / name).iterdir()))}.{ext}")
-    dm = ImageFolderDataModule(root=str(root), split_ratios=(0.5, 0.5), batch_size=4, num_workers=0, image_size=16)
+    dm = ImageFolderDataModule(
+        root=str(root), split_ratios=(0.5, 0.5), batch_size=4, num_workers=0, image_size=16
+    )
     dm.setup()
     x = torch.cat([b[0] for loader in (dm.train_dataloader(), dm.test_dataloader()) for b in loader])
     assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all()
@@ -522,7 +587,9 @@ def test_image_folder_batches_from_mixed_modes(tmp_path):
 
 def _truncated_jpeg(path: Path) -> Path:
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        buffer, "JPEG"
+    )
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
     return path
 
@@ -583,7 +650,9 @@ def test_image_folder_from_zip_extracts_once(tmp_path):
     if not archive.is_file():
         pytest.skip(f"{archive} not present")
     cache = tmp_path / "cache" / "mini"
-    dm = ImageFolderDataModule(root=str(archive), cache_dir=str(cache), split_ratios=(0.7, 0.15, 0.15), **FAST)
+    dm = ImageFolderDataModule(
+        root=str(archive), cache_dir=str(cache), split_ratios=(0.7, 0.15, 0.15), **FAST
+    )
     assert dm.num_classes == 10 and dm.class_names[0] == "airplane"
     assert Path(dm.root) == cache / "cifar10" / "train"
     dm.setup()
@@ -593,7 +662,9 @@ def test_image_folder_from_zip_extracts_once(tmp_path):
     assert x.shape == (2, 3, 32, 32)
     marker = cache / ".paperbench_source"
     stamp = marker.stat().st_mtime_ns
-    again = ImageFolderDataModule(root=str(archive), cache_dir=str(cache), split_ratios=(0.7, 0.15, 0.15), **FAST)
+    again = ImageFolderDataModule(
+        root=str(archive), cache_dir=str(cache), split_ratios=(0.7, 0.15, 0.15), **FAST
+    )
     again.setup()
     assert marker.stat().st_mtime_ns == stamp  # reused, not re-extracted
     assert [p for p, _ in again.test_set.samples] == [p for p, _ in dm.test_set.samples]
@@ -682,10 +753,19 @@ def test_real_cifar10_jpegs_from_zip_are_learnable(tmp_path):
     if not archive.is_file():
         pytest.skip(f"{archive} not present")
     torch.manual_seed(0)
-    dm = ImageFolderDataModule(root=str(archive), cache_dir=str(tmp_path / "cache"), split_ratios=(0.8, 0.2),
-                               image_size=32, resize_size=32, train_crop="random", crop_padding=4,
-                               mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-                               batch_size=32, num_workers=0)
+    dm = ImageFolderDataModule(
+        root=str(archive),
+        cache_dir=str(tmp_path / "cache"),
+        split_ratios=(0.8, 0.2),
+        image_size=32,
+        resize_size=32,
+        train_crop="random",
+        crop_padding=4,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        batch_size=32,
+        num_workers=0,
+    )
     trainer = quiet_trainer(max_epochs=6, num_sanity_val_steps=0)
     trainer.fit(TinyClassifier(dm.num_classes), datamodule=dm)
     assert trainer.callback_metrics["val/acc1"] > 0.25

@@ -36,12 +36,20 @@ class FixedData(LightningDataModule):
 def _train(devices: int, batch_size: int) -> dict[str, torch.Tensor]:
     seed_everything(0)
     task = ClassificationTask(
-        backbone="vit_tiny_patch16_224", num_classes=4, backbone_kwargs={"img_size": 16, "patch_size": 4},
+        backbone="vit_tiny_patch16_224",
+        num_classes=4,
+        backbone_kwargs={"img_size": 16, "patch_size": 4},
         optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
     )
     trainer = Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", max_steps=4,
-        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        max_steps=4,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
     )
     trainer.fit(task, datamodule=FixedData(batch_size))
@@ -60,6 +68,7 @@ def test_ddp_two_processes_batch_b_equals_one_process_batch_2b():
 
 def _init_weights() -> dict[str, torch.Tensor]:
     seed_everything(0)
-    task = ClassificationTask(backbone="vit_tiny_patch16_224", num_classes=4,
-                              backbone_kwargs={"img_size": 16, "patch_size": 4})
+    task = ClassificationTask(
+        backbone="vit_tiny_patch16_224", num_classes=4, backbone_kwargs={"img_size": 16, "patch_size": 4}
+    )
     return task.backbone.state_dict()

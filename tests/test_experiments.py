@@ -81,8 +81,18 @@ def test_experiment_parses_and_instantiates(path: Path):
 
 def test_print_config_flag_works(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(cli.ROOT / "main.py"), "fit", "--config", str(cli.ROOT / "experiments" / "acanet_cub.yaml"),
-         "--print_config"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            str(cli.ROOT / "main.py"),
+            "fit",
+            "--config",
+            str(cli.ROOT / "experiments" / "acanet_cub.yaml"),
+            "--print_config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = yaml.safe_load(proc.stdout)
@@ -92,12 +102,38 @@ def test_print_config_flag_works(tmp_path):
 
 def smoke_fit(path: Path, tmp_path: Path) -> None:
     overrides = build_dataset_fixture(_data_class(path), tmp_path / "data")
-    args = ["fit", "--config", str(path), *SMOKE, "--trainer.default_root_dir", str(tmp_path / "runs"),
-            "--trainer.fast_dev_run", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-            "--trainer.strategy", "auto", "--trainer.num_nodes", "1", "--trainer.precision", "32-true",
-            "--trainer.sync_batchnorm", "false", "--test_after_fit", "false",
-            "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-            "--data.init_args.image_size", "64", "--data.init_args.resize_size", "64"]
+    args = [
+        "fit",
+        "--config",
+        str(path),
+        *SMOKE,
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        "--trainer.fast_dev_run",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.strategy",
+        "auto",
+        "--trainer.num_nodes",
+        "1",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.sync_batchnorm",
+        "false",
+        "--test_after_fit",
+        "false",
+        "--data.init_args.batch_size",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.image_size",
+        "64",
+        "--data.init_args.resize_size",
+        "64",
+    ]
     backbone_kwargs = _raw(path).get("model", {}).get("init_args", {}).get("backbone_kwargs") or {}
     if "img_size" in backbone_kwargs:  # fixed-size ViT-style baselines: build them for the smoke size
         args += ["--model.init_args.backbone_kwargs", json.dumps({**backbone_kwargs, "img_size": 64})]
@@ -120,6 +156,8 @@ def test_smoke_fit_one_per_family_and_datamodule(path: Path, tmp_path: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.name not in DEFAULT_SMOKE], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in EXPERIMENTS if p.name not in DEFAULT_SMOKE], ids=lambda p: p.stem
+)
 def test_smoke_fit_every_experiment(path: Path, tmp_path: Path):
     smoke_fit(path, tmp_path)

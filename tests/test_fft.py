@@ -20,8 +20,15 @@ from backbones.pretrained import load_pretrained
 
 # Small encoder sizes so that Base-configured variants build fast; the switches under test stay as registered.
 SMALL = dict(embed_dim=32, mlp_dim=64, num_heads=2, head_dim=16)
-ALL_VARIANTS = ["fft_tiny", "fft_base", "fft_large", "fft_base_no_ram", "fft_base_no_pos", "resnet18_vit",
-                "resnet18_linear"]
+ALL_VARIANTS = [
+    "fft_tiny",
+    "fft_base",
+    "fft_large",
+    "fft_base_no_ram",
+    "fft_base_no_pos",
+    "resnet18_vit",
+    "resnet18_linear",
+]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -53,8 +60,10 @@ def test_ram_matches_eq_1_2() -> None:
 
 
 # ------------------------------------------------------------------------------------- FFT block parts
-@pytest.mark.parametrize(("src", "dst", "kernel"), [((8, 8), (8, 8), 8), ((4, 4), (2, 2), 8), ((6, 6), (3, 3), 3),
-                                                    ((2, 2), (1, 1), 8)])
+@pytest.mark.parametrize(
+    ("src", "dst", "kernel"),
+    [((8, 8), (8, 8), 8), ((4, 4), (2, 2), 8), ((6, 6), (3, 3), 3), ((2, 2), (1, 1), 8)],
+)
 def test_fusion_conv_equals_unfold_vec_linear(src, dst, kernel) -> None:
     fusion = StreamFusion(12, 20, kernel_size=kernel)
     torch.nn.init.normal_(fusion.proj.bias)
@@ -153,7 +162,9 @@ def test_bf16_autocast() -> None:
 
 
 # Table II (Params) at 256x256. The head is counted with 1000 classes (the table names no dataset).
-@pytest.mark.parametrize(("name", "paper_millions"), [("fft_tiny", 43), ("fft_base", 266), ("fft_large", 566)])
+@pytest.mark.parametrize(
+    ("name", "paper_millions"), [("fft_tiny", 43), ("fft_base", 266), ("fft_large", 566)]
+)
 def test_parameter_count_vs_table_ii(name: str, paper_millions: float) -> None:
     with torch.device("meta"):
         model = timm.create_model(name, num_classes=1000, img_size=256)
@@ -225,18 +236,31 @@ def test_fft_tiny_learns_real_cifar10(tmp_path: Path) -> None:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
     L.seed_everything(0)
     data = datamodules.ImageFolderDataModule(
-        root=str(zip_path), num_classes=10, split="ratio", split_ratios=(0.8, 0.1, 0.1), split_seed=0,
-        cache_dir=str(tmp_path / "cifar10-mini"), batch_size=32, num_workers=0, image_size=32, resize_size=32,
-        train_crop="random", crop_padding=4, hflip=0.5,
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+        root=str(zip_path),
+        num_classes=10,
+        split="ratio",
+        split_ratios=(0.8, 0.1, 0.1),
+        split_seed=0,
+        cache_dir=str(tmp_path / "cifar10-mini"),
+        batch_size=32,
+        num_workers=0,
+        image_size=32,
+        resize_size=32,
+        train_crop="random",
+        crop_padding=4,
+        hflip=0.5,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
     )
     # the paper's SGD recipe (lr 1e-3 at batch 4, momentum 0.9) scaled linearly to batch 32; native 32x32
     # input with 1x1 patches (4x4, 2x2, 1x1 token grids) to keep the run to a few CPU minutes
     task = ClassificationTask(
-        backbone="fft_tiny", num_classes=10,
+        backbone="fft_tiny",
+        num_classes=10,
         backbone_kwargs={"img_size": 32, "patch_sizes": (1, 1, 1), "drop_rate": 0.1},
         optimizer=lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9),
-        lr_reference_batch_size=4, metrics=["acc1", "acc5"],
+        lr_reference_batch_size=4,
+        metrics=["acc1", "acc5"],
     )
     losses: list[float] = []
 
@@ -244,11 +268,21 @@ def test_fft_tiny_learns_real_cifar10(tmp_path: Path) -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             losses.append(float(outputs["loss"]))
 
-    trainer = L.Trainer(max_epochs=4, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, callbacks=[Record()], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[Record()],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, datamodule=data)
     result = trainer.test(task, datamodule=data, verbose=False)[0]
-    print(f"\nFFT-Tiny cifar10-mini: first-10 loss {sum(losses[:10]) / 10:.3f}, last-10 loss "
-          f"{sum(losses[-10:]) / 10:.3f}, test acc1 {result['test/acc1']:.4f}, acc5 {result['test/acc5']:.4f}")
+    print(
+        f"\nFFT-Tiny cifar10-mini: first-10 loss {sum(losses[:10]) / 10:.3f}, last-10 loss "
+        f"{sum(losses[-10:]) / 10:.3f}, test acc1 {result['test/acc1']:.4f}, acc5 {result['test/acc5']:.4f}"
+    )
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.1
     assert result["test/acc1"] > 0.15  # chance is 0.10

@@ -19,7 +19,11 @@ QUICKSTART = str(ROOT / "experiments" / "quickstart.yaml")
 def run_cli(*args: str, cwd: Path, timeout: int = 420) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -28,8 +32,16 @@ def run_cli(*args: str, cwd: Path, timeout: int = 420) -> subprocess.CompletedPr
 
 def test_quickstart_end_to_end_with_wandb_offline(tmp_path):
     """The `make demo` job, shortened to 2 epochs: trains, tests the best checkpoint, W&B files hold it all."""
-    proc = run_cli("fit", "--config", QUICKSTART, "--trainer.max_epochs", "2",
-                   "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    proc = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        cwd=tmp_path,
+    )
     assert "wandb sync" in proc.stderr  # the user is told how to upload the offline run
     run_dir = tmp_path / "runs" / "quickstart"
     assert (run_dir / "config.yaml").is_file()
@@ -50,11 +62,32 @@ def test_quickstart_end_to_end_with_wandb_offline(tmp_path):
 def test_ddp_two_cpu_processes_gloo(tmp_path):
     """A real 2-process DDP fit on CPU (gloo) through the CLI, logging to CSV."""
     run_cli(
-        "fit", "--config", QUICKSTART, "--name", "ddp",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
-        "--trainer.limit_test_batches", "2", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-        "--trainer.enable_progress_bar", "false", "--data.init_args.image_size", "16", cwd=tmp_path,
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--name",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "4",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.limit_test_batches",
+        "2",
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.init_args.image_size",
+        "16",
+        cwd=tmp_path,
     )
     metrics = next((tmp_path / "runs" / "ddp" / "logs").glob("version_*/metrics.csv"))
     rows = list(csv.DictReader(metrics.open()))
@@ -84,16 +117,51 @@ def test_ddp_evaluation_sees_every_sample_exactly_once(tmp_path):
     Lightning's default DistributedSampler would pad the second shard with a repeated sample; the datamodules
     shard evaluation data without repeats, and torchmetrics reduces across ranks.
     """
-    common = ["--config", QUICKSTART, "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-              "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--data.init_args.image_size", "16",
-              "--data.init_args.split_ratios", "[0.7, 0.1, 0.2]", "--data.init_args.batch_size", "32"]
-    run_cli("fit", *common, "--name", "fit", "--trainer.max_steps", "3", "--test_after_fit", "false",
-            "--trainer.limit_val_batches", "1", cwd=tmp_path)
+    common = [
+        "--config",
+        QUICKSTART,
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--data.init_args.image_size",
+        "16",
+        "--data.init_args.split_ratios",
+        "[0.7, 0.1, 0.2]",
+        "--data.init_args.batch_size",
+        "32",
+    ]
+    run_cli(
+        "fit",
+        *common,
+        "--name",
+        "fit",
+        "--trainer.max_steps",
+        "3",
+        "--test_after_fit",
+        "false",
+        "--trainer.limit_val_batches",
+        "1",
+        cwd=tmp_path,
+    )
     ckpt = str(tmp_path / "runs" / "fit" / "checkpoints" / "last.ckpt")
     results = {}
     for name, devices, strategy in (("single", "1", "auto"), ("ddp", "2", "ddp")):
-        run_cli("test", *common, "--name", name, "--trainer.devices", devices, "--trainer.strategy", strategy,
-                "--ckpt_path", ckpt, cwd=tmp_path)
+        run_cli(
+            "test",
+            *common,
+            "--name",
+            name,
+            "--trainer.devices",
+            devices,
+            "--trainer.strategy",
+            strategy,
+            "--ckpt_path",
+            ckpt,
+            cwd=tmp_path,
+        )
         metrics = next((tmp_path / "runs" / name / "logs").glob("version_*/metrics.csv"))
         row = next(r for r in csv.DictReader(metrics.open()) if r.get("test/acc1"))
         results[name] = {k: float(v) for k, v in row.items() if k.startswith("test/") and v}
@@ -110,17 +178,48 @@ def test_real_cifar10_images_loss_goes_down(tmp_path, shared_data):
     """Real CIFAR-10 JPEGs (../shared/data/cifar10-mini.zip, 2,000 photos) through the CLI and the folder
     module (zip root, seeded stratified 80/10/10 split): the training loss falls and accuracy beats chance."""
     run_cli(
-        "fit", "--config", QUICKSTART, "--name", "cifar", "--trainer.max_epochs", "3",
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.enable_progress_bar", "false",
-        "--trainer.log_every_n_steps", "5", "--model.init_args.backbone", "resnet10t",
-        "--data", "datamodules.ImageFolderDataModule", "--data.init_args.root", str(shared_data / "cifar10-mini.zip"),
-        "--data.init_args.split", "ratio", "--data.init_args.split_ratios", "[0.8, 0.1, 0.1]",
-        "--data.init_args.image_size", "32", "--data.init_args.resize_size", "32",
-        "--data.init_args.train_crop", "random", "--data.init_args.crop_padding", "4",
-        "--data.init_args.batch_size", "64", "--data.init_args.num_workers", "0",
-        "--data.init_args.cache_dir", str(tmp_path / "cache"), cwd=tmp_path,
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--name",
+        "cifar",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.log_every_n_steps",
+        "5",
+        "--model.init_args.backbone",
+        "resnet10t",
+        "--data",
+        "datamodules.ImageFolderDataModule",
+        "--data.init_args.root",
+        str(shared_data / "cifar10-mini.zip"),
+        "--data.init_args.split",
+        "ratio",
+        "--data.init_args.split_ratios",
+        "[0.8, 0.1, 0.1]",
+        "--data.init_args.image_size",
+        "32",
+        "--data.init_args.resize_size",
+        "32",
+        "--data.init_args.train_crop",
+        "random",
+        "--data.init_args.crop_padding",
+        "4",
+        "--data.init_args.batch_size",
+        "64",
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.cache_dir",
+        str(tmp_path / "cache"),
+        cwd=tmp_path,
     )
-    rows = list(csv.DictReader(next((tmp_path / "runs" / "cifar" / "logs").glob("version_*/metrics.csv")).open()))
+    rows = list(
+        csv.DictReader(next((tmp_path / "runs" / "cifar" / "logs").glob("version_*/metrics.csv")).open())
+    )
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 10
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3

@@ -16,7 +16,11 @@ import torch
 
 import backbones
 
-FAMILIES = [m.name for m in pkgutil.iter_modules(backbones.__path__) if m.name not in {"layers", "pretrained", "errors"}]
+FAMILIES = [
+    m.name
+    for m in pkgutil.iter_modules(backbones.__path__)
+    if m.name not in {"layers", "pretrained", "errors"}
+]
 MODELS = sorted({name for fam in FAMILIES for name in timm.list_models(module=fam)})
 BIG = 40e6
 NUM_CLASSES = 7
@@ -31,7 +35,9 @@ def _params_on_meta(name: str) -> int:
 PARAMS = {name: _params_on_meta(name) for name in MODELS}
 # every model up to BIG, plus the smallest model of each family so that every family runs by default
 DEFAULT = {m for m in MODELS if PARAMS[m] <= BIG} | {
-    min(timm.list_models(module=fam), key=PARAMS.__getitem__) for fam in FAMILIES if timm.list_models(module=fam)
+    min(timm.list_models(module=fam), key=PARAMS.__getitem__)
+    for fam in FAMILIES
+    if timm.list_models(module=fam)
 }
 
 
@@ -50,7 +56,9 @@ def check_contract(name: str) -> None:
     pooled = model.forward_head(features, pre_logits=True)
     logits = model.forward_head(features)
     assert logits.shape == (2, NUM_CLASSES)
-    assert pooled.shape[0] == 2 and pooled.shape[-1] == (getattr(model, "head_hidden_size", None) or model.num_features)
+    assert pooled.shape[0] == 2 and pooled.shape[-1] == (
+        getattr(model, "head_hidden_size", None) or model.num_features
+    )
     assert torch.isfinite(logits).all()
     (logits.square().mean() + features.float().mean() * 0).backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -58,7 +66,9 @@ def check_contract(name: str) -> None:
 
     model.eval()  # forward == forward_head(forward_features(x)): deterministic in eval mode (no dropout)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model(x), model.forward_head(model.forward_features(x)), atol=1e-4, rtol=1e-4
+        )
     model.train()
 
     model.reset_classifier(3)

@@ -27,7 +27,10 @@ def _random_state_dict(name: str, seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = timm.create_model(name, num_classes=1000)
     state = model.state_dict()
-    for key, value in state.items():  # BN running stats / zero-init gammas would otherwise be 0 or 1 everywhere
+    for (
+        key,
+        value,
+    ) in state.items():  # BN running stats / zero-init gammas would otherwise be 0 or 1 everywhere
         if value.is_floating_point() and ("running" in key or "bn" in key):
             value.copy_(torch.rand_like(value) + 0.1)
     return state
@@ -56,8 +59,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> _Checkpoints:
     return _Checkpoints(tmp_path_factory.mktemp("pretrained"))
 
 
-def _assert_trunk_equal(model: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str,
-                        report: LoadReport) -> None:
+def _assert_trunk_equal(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, report: LoadReport
+) -> None:
     own = model.state_dict()
     trunk_keys = [k for k in state if not k.startswith("fc.")]
     assert trunk_keys
@@ -70,10 +74,18 @@ def _assert_trunk_equal(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     assert not any(k.startswith(prefix) for k in report.missing), "a trunk tensor was left at init"
 
 
-@pytest.mark.parametrize("model_name,ckpt", [("csnet101", "resnet101"), ("csnet101", "tv_resnet101"),
-                                             ("csnet50", "resnet50"), ("csnet101_base", "resnet101")])
-def test_resnet_state_dict_loads_into_csnet_trunk(model_name: str, ckpt: str,
-                                                  checkpoints: _Checkpoints) -> None:
+@pytest.mark.parametrize(
+    "model_name,ckpt",
+    [
+        ("csnet101", "resnet101"),
+        ("csnet101", "tv_resnet101"),
+        ("csnet50", "resnet50"),
+        ("csnet101_base", "resnet101"),
+    ],
+)
+def test_resnet_state_dict_loads_into_csnet_trunk(
+    model_name: str, ckpt: str, checkpoints: _Checkpoints
+) -> None:
     model = timm.create_model(model_name, num_classes=200)
     report = load_pretrained(model, checkpoints[ckpt])
     state = torch.load(checkpoints[ckpt], weights_only=True)
@@ -115,8 +127,13 @@ def test_factory_accepts_a_local_path(checkpoints: _Checkpoints) -> None:
 def test_lightning_style_checkpoint(checkpoints: _Checkpoints, tmp_path: Path) -> None:
     """{"state_dict": {"backbone.<key>": ...}} as Lightning saves a ClassificationTask around a ResNet."""
     state = torch.load(checkpoints["resnet50"], weights_only=True)
-    ckpt = {"epoch": 3, "global_step": 120, "state_dict": {f"backbone.{k}": v for k, v in state.items()},
-            "optimizer_states": [], "hyper_parameters": {"backbone": "resnet50"}}
+    ckpt = {
+        "epoch": 3,
+        "global_step": 120,
+        "state_dict": {f"backbone.{k}": v for k, v in state.items()},
+        "optimizer_states": [],
+        "hyper_parameters": {"backbone": "resnet50"},
+    }
     model = timm.create_model("csnet50", num_classes=200)
     report = load_pretrained(model, _save(ckpt, tmp_path / "last.ckpt"))
     _assert_trunk_equal(model, state, "trunk.", report)
@@ -151,8 +168,11 @@ def test_missing_file(csnet50_model: torch.nn.Module, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("payload", ["plain", "module"])
 def test_non_tensor_pickle(payload: str, csnet50_model: torch.nn.Module, tmp_path: Path) -> None:
-    obj = {"epoch": 1, "arch": "resnet50", "notes": ["not", "weights"]} if payload == "plain" \
-        else torch.nn.Linear(2, 2)  # a pickled module: refused by weights_only=True
+    obj = (
+        {"epoch": 1, "arch": "resnet50", "notes": ["not", "weights"]}
+        if payload == "plain"
+        else torch.nn.Linear(2, 2)
+    )  # a pickled module: refused by weights_only=True
     path = _save(obj, tmp_path / f"{payload}.pth")
     with pytest.raises(PretrainedLoadError, match="no state dict of tensors|weights_only"):
         load_pretrained(csnet50_model, path)
@@ -181,8 +201,9 @@ OTHER_PAPER_MODELS = [
 
 
 @pytest.mark.parametrize("model_name,ckpt", OTHER_PAPER_MODELS)
-def test_resnet_weights_load_into_other_paper_trunks(model_name: str, ckpt: str,
-                                                     checkpoints: _Checkpoints) -> None:
+def test_resnet_weights_load_into_other_paper_trunks(
+    model_name: str, ckpt: str, checkpoints: _Checkpoints
+) -> None:
     if not timm.is_model(model_name):
         pytest.skip(f"{model_name} is not registered (yet)")
     model = timm.create_model(model_name, num_classes=10)

@@ -52,7 +52,9 @@ def test_param_group_pattern_that_matches_nothing_is_an_error():
 
 
 def test_no_weight_decay_for_1d_parameters():
-    task = tiny_task(no_weight_decay_1d=True, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=1e-4))
+    task = tiny_task(
+        no_weight_decay_1d=True, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=1e-4)
+    )
     opt = task.configure_optimizers()
     for group in opt.param_groups:
         dims = {p.ndim for p in group["params"]}
@@ -84,7 +86,11 @@ def test_warmup_multistep_schedule_values():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[199] == pytest.approx(0.1) and lrs[200] == pytest.approx(0.01) and lrs[599] == pytest.approx(0.001)
+    assert (
+        lrs[199] == pytest.approx(0.1)
+        and lrs[200] == pytest.approx(0.01)
+        and lrs[599] == pytest.approx(0.001)
+    )
 
 
 def test_unknown_metric_name():
@@ -129,7 +135,9 @@ def test_task_loss_receives_features_and_embeddings_and_owns_the_prediction():
     assert loss.seen["features"][:2] == (2, task.backbone.num_features)
     assert loss.seen["embeddings"] == (2, task.backbone.num_features)
     assert loss.seen["logits"] == (2, 10)
-    assert torch.allclose(task(x), loss.head(task.backbone.forward_head(task.backbone.forward_features(x), pre_logits=True)))
+    assert torch.allclose(
+        task(x), loss.head(task.backbone.forward_head(task.backbone.forward_features(x), pre_logits=True))
+    )
     out.backward()
     assert loss.head.weight.grad is not None  # the loss's own parameters are trained with the model
 
@@ -137,9 +145,17 @@ def test_task_loss_receives_features_and_embeddings_and_owns_the_prediction():
 def _fit(task, tmp_path, steps=3, **trainer_kwargs):
     dm = DigitsDataModule(batch_size=16, image_size=16, num_workers=0)
     trainer = Trainer(
-        max_steps=steps, limit_val_batches=2, limit_test_batches=2, accelerator="cpu", devices=1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path, **trainer_kwargs,
+        max_steps=steps,
+        limit_val_batches=2,
+        limit_test_batches=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **trainer_kwargs,
     )
     trainer.fit(task, datamodule=dm)
     return trainer, dm
@@ -149,7 +165,16 @@ def test_fit_logs_namespaced_metrics(tmp_path):
     task = tiny_task(metrics=["acc1", "acc5", "f1", "auroc", "ap"])
     trainer, dm = _fit(task, tmp_path, val_check_interval=3)
     logged = set(trainer.callback_metrics)
-    assert {"train/loss", "val/acc1", "val/acc1_best", "val/acc5", "val/f1", "val/auroc", "val/ap", "val/loss"} <= logged
+    assert {
+        "train/loss",
+        "val/acc1",
+        "val/acc1_best",
+        "val/acc5",
+        "val/f1",
+        "val/auroc",
+        "val/ap",
+        "val/loss",
+    } <= logged
     trainer.test(task, datamodule=dm, verbose=False)
     assert {"test/acc1", "test/f1", "test/loss"} <= set(trainer.callback_metrics)
 

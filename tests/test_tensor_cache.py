@@ -51,7 +51,9 @@ def test_cache_is_built_once_and_reused(cifar_args, tmp_path):
     assert torch.equal(first.tensors["train"][0], second.tensors["train"][0])
     assert torch.equal(first.tensors["train"][1], second.tensors["train"][1])
 
-    other_size = cached(CIFAR10DataModule(**cifar_args, batch_size=4, num_workers=0), tmp_path, storage_size=24)
+    other_size = cached(
+        CIFAR10DataModule(**cifar_args, batch_size=4, num_workers=0), tmp_path, storage_size=24
+    )
     assert other_size.decoded_images == 26
     assert other_size.cache_files["train"] != first.cache_files["train"]
     assert other_size.tensors["train"][0].shape == (20, 3, 24, 24)
@@ -92,8 +94,11 @@ def test_eval_batches_equal_the_inner_eval_pipeline_image_folder(folder_args, tm
     torch.testing.assert_close(x, eval_reference(inner.val_set), atol=1e-5, rtol=0)
 
     # a storage size other than resize_size: resized again on the device, within a few grey levels
-    dm32 = cached(ImageFolderDataModule(**folder_args, batch_size=5, num_workers=0, image_size=32), tmp_path,
-                  storage_size=32)
+    dm32 = cached(
+        ImageFolderDataModule(**folder_args, batch_size=5, num_workers=0, image_size=32),
+        tmp_path,
+        storage_size=32,
+    )
     x32 = torch.cat([b[0] for b in dm32.val_dataloader()])
     assert x32.shape == x.shape
     assert (x32 - x).abs().mean() < 0.05
@@ -133,8 +138,11 @@ def test_random_crop_with_padding_and_flip_are_exact(cifar_args):
     padded_norm = zero(torch.nn.functional.pad(images, (4, 4, 4, 4)))
     offsets = []
     for i in range(len(images)):
-        hits = [(dy, dx) for dy, dx in itertools.product(range(9), range(9))
-                if torch.equal(out[i], padded_norm[i, :, dy:dy + 32, dx:dx + 32])]
+        hits = [
+            (dy, dx)
+            for dy, dx in itertools.product(range(9), range(9))
+            if torch.equal(out[i], padded_norm[i, :, dy : dy + 32, dx : dx + 32])
+        ]
         assert hits, f"sample {i} is not a window of its padded image"
         offsets.append(hits[0])
     assert len(set(offsets)) > 1  # offsets are drawn per sample
@@ -208,13 +216,22 @@ def test_ddp_shards_cover_the_set_exactly_once(cifar_args, tmp_path):
     assert sorted(torch.cat([e.indices() for e in evals]).tolist()) == list(range(6))
     # odd sizes: evaluation still covers every sample once; training shards stay equal
     images, labels = dm.tensors["train"]
-    odd = [DeviceBatchLoader(images[:7], labels[:7], 2, dm.eval_augment, shuffle=False, drop_last=False,
-                             rank=r, world_size=2) for r in range(2)]
+    odd = [
+        DeviceBatchLoader(
+            images[:7], labels[:7], 2, dm.eval_augment, shuffle=False, drop_last=False, rank=r, world_size=2
+        )
+        for r in range(2)
+    ]
     assert sorted(torch.cat([o.indices() for o in odd]).tolist()) == list(range(7))
-    odd_train = [DeviceBatchLoader(images[:7], labels[:7], 2, dm.train_augment, shuffle=True, drop_last=False,
-                                   rank=r, world_size=2) for r in range(2)]
-    assert [len(o.indices()) for o in odd_train] == [3, 3] and len(set(torch.cat(
-        [o.indices() for o in odd_train]).tolist())) == 6
+    odd_train = [
+        DeviceBatchLoader(
+            images[:7], labels[:7], 2, dm.train_augment, shuffle=True, drop_last=False, rank=r, world_size=2
+        )
+        for r in range(2)
+    ]
+    assert [len(o.indices()) for o in odd_train] == [3, 3] and len(
+        set(torch.cat([o.indices() for o in odd_train]).tolist())
+    ) == 6
 
 
 # ---------------------------------------------------------------------------------------------- Lightning
@@ -222,13 +239,25 @@ def test_two_step_lightning_fit_through_the_cache(cifar_args, tmp_path):
     from lightning_modules import ClassificationTask
 
     # 20 train images, batch 10: one epoch of 2 steps, then validation
-    dm = TensorCacheDataModule(CIFAR10DataModule(**cifar_args, batch_size=10, num_workers=0), device="auto",
-                               cache_dir=str(tmp_path / "tcache"))
-    model = ClassificationTask(backbone="resnet18", num_classes=dm.num_classes,
-                               optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=str(tmp_path))
+    dm = TensorCacheDataModule(
+        CIFAR10DataModule(**cifar_args, batch_size=10, num_workers=0),
+        device="auto",
+        cache_dir=str(tmp_path / "tcache"),
+    )
+    model = ClassificationTask(
+        backbone="resnet18", num_classes=dm.num_classes, optimizer=lambda p: torch.optim.SGD(p, lr=0.01)
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 2
     assert dm.decoded_images == 26
@@ -241,16 +270,37 @@ def test_yaml_config_wraps_a_datamodule_and_links_num_classes(cifar_args, tmp_pa
     monkeypatch.setattr("sys.argv", ["main.py"])
 
     config = {
-        "model": {"class_path": "lightning_modules.ClassificationTask", "init_args": {"backbone": "resnet18"}},
-        "data": {"class_path": "datamodules.tensor_cache.TensorCacheDataModule", "init_args": {
-            "device": "cpu", "cache_dir": str(tmp_path / "tcache"),
-            "datamodule": {"class_path": "datamodules.CIFAR10DataModule",
-                           "init_args": {**cifar_args, "batch_size": 4, "num_workers": 0}}}},
+        "model": {
+            "class_path": "lightning_modules.ClassificationTask",
+            "init_args": {"backbone": "resnet18"},
+        },
+        "data": {
+            "class_path": "datamodules.tensor_cache.TensorCacheDataModule",
+            "init_args": {
+                "device": "cpu",
+                "cache_dir": str(tmp_path / "tcache"),
+                "datamodule": {
+                    "class_path": "datamodules.CIFAR10DataModule",
+                    "init_args": {**cifar_args, "batch_size": 4, "num_workers": 0},
+                },
+            },
+        },
     }
     path = tmp_path / "cached.yaml"
     path.write_text(yaml.safe_dump(config))
-    parsed = cli.cli_main(["--config", str(path), "--trainer.logger", "false", "--trainer.callbacks", "[]",
-                           "--trainer.enable_progress_bar", "false"], run=False)
+    parsed = cli.cli_main(
+        [
+            "--config",
+            str(path),
+            "--trainer.logger",
+            "false",
+            "--trainer.callbacks",
+            "[]",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        run=False,
+    )
     assert isinstance(parsed.datamodule, TensorCacheDataModule)
     assert isinstance(parsed.datamodule.datamodule, CIFAR10DataModule)
     assert parsed.model.hparams.num_classes == 10
@@ -260,20 +310,33 @@ def test_the_tensor_cache_example_experiment_instantiates(cifar_args, tmp_path, 
     import main as cli
 
     monkeypatch.setattr("sys.argv", ["main.py"])
-    config = yaml.safe_load((cli.ROOT / "experiments" / "fast" / "resnet18_cifar10_tensor_cache.yaml").read_text())
+    config = yaml.safe_load(
+        (cli.ROOT / "experiments" / "fast" / "resnet18_cifar10_tensor_cache.yaml").read_text()
+    )
     config["data"]["init_args"]["cache_dir"] = str(tmp_path / "tcache")
     config["data"]["init_args"]["datamodule"]["init_args"].update(cifar_args, batch_size=4, num_workers=0)
     path = tmp_path / "example.yaml"
     path.write_text(yaml.safe_dump(config))
-    built = cli.cli_main(["--config", str(path), "--trainer.logger", "false", "--trainer.callbacks", "[]",
-                          "--trainer.accelerator", "cpu"], run=False)
+    built = cli.cli_main(
+        [
+            "--config",
+            str(path),
+            "--trainer.logger",
+            "false",
+            "--trainer.callbacks",
+            "[]",
+            "--trainer.accelerator",
+            "cpu",
+        ],
+        run=False,
+    )
     dm = built.datamodule
     assert isinstance(dm, TensorCacheDataModule) and dm.num_classes == 10 == built.model.hparams.num_classes
     assert dm.train_augment.padding == 4 and dm.train_augment.mode == "random"
     assert built.model.hparams.channels_last
 
 
-DDP_SCRIPT = '''
+DDP_SCRIPT = """
 import sys
 from pathlib import Path
 
@@ -304,7 +367,7 @@ if __name__ == "__main__":
     trainer.fit(model, datamodule=dm)
     sys.stdout.write(f"DONE {{trainer.global_rank}} {{trainer.global_step}}\\n")
     sys.stdout.flush()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -315,18 +378,25 @@ def test_real_two_process_ddp_fit_shards_every_epoch(cifar_args, tmp_path):
 
     root = str(Path(__file__).resolve().parents[1])
     script = tmp_path / "ddp_fit.py"
-    script.write_text(DDP_SCRIPT.format(root=root, data=cifar_args["root"], cache=str(tmp_path / "tcache"),
-                                        work=str(tmp_path)))
+    script.write_text(
+        DDP_SCRIPT.format(
+            root=root, data=cifar_args["root"], cache=str(tmp_path / "tcache"), work=str(tmp_path)
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                          env=env)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen: dict[tuple[int, int], list[int]] = {}
     for line in proc.stdout.splitlines():
         if line.startswith("SEEN "):
             rank, epoch, *labels = line.split()[1:]
             seen.setdefault((int(rank), int(epoch)), []).extend(int(v) for v in labels)
-    assert sorted(line.split()[2] for line in proc.stdout.splitlines() if line.startswith("DONE")) == ["4", "4"]
+    assert sorted(line.split()[2] for line in proc.stdout.splitlines() if line.startswith("DONE")) == [
+        "4",
+        "4",
+    ]
     inner = CIFAR10DataModule(**cifar_args, num_workers=0)
     inner.setup("fit")
     expected = sorted(inner.train_set.labels.tolist())

@@ -166,7 +166,9 @@ def test_late_fusion_upsamples_the_coarser_stream() -> None:
     assert TokenFusion(method="late", **TINY).late_coarse == "cnn"  # layer4 /32 vs patches /16
     model = TokenFusion(method="late", late_stage=2, **TINY)  # layer2 /8: the ViT tokens get UpConv
     assert model.late_coarse == "vit"
-    assert isinstance(model.trunk.layer3, torch.nn.Identity) and isinstance(model.trunk.layer4, torch.nn.Identity)
+    assert isinstance(model.trunk.layer3, torch.nn.Identity) and isinstance(
+        model.trunk.layer4, torch.nn.Identity
+    )
     assert model.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 64, 64)  # 8 x 8 grid, 2D channels
 
 
@@ -179,9 +181,15 @@ def test_bridge_copy_equals_copy_then_conv() -> None:
     assert upconv(fmap).shape == (2, 3, 12, 20)
 
 
-@pytest.mark.parametrize(("name", "channels"), [("tokenfusion_early", 18), ("tokenfusion_early_copy_multi", 18),
-                                                ("tokenfusion_early_upconv_single", 6),
-                                                ("tokenfusion_early_copy_single", 6)])
+@pytest.mark.parametrize(
+    ("name", "channels"),
+    [
+        ("tokenfusion_early", 18),
+        ("tokenfusion_early_copy_multi", 18),
+        ("tokenfusion_early_upconv_single", 6),
+        ("tokenfusion_early_copy_single", 6),
+    ],
+)
 def test_early_unified_map_channels(name: str, channels: int) -> None:
     model = timm.create_model(name, **TINY)
     assert model.unified_channels == channels

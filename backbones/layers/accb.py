@@ -73,7 +73,9 @@ class ACCB(nn.Module):
             raise ModelConfigError(f"ACCB needs an odd kernel_size (got {kernel_size})")
         padding = kernel_size // 2 if padding is None else padding
         if padding < kernel_size // 2:
-            raise ModelConfigError(f"ACCB supports padding >= kernel_size // 2 (got {padding} for k={kernel_size})")
+            raise ModelConfigError(
+                f"ACCB supports padding >= kernel_size // 2 (got {padding} for k={kernel_size})"
+            )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.groups = groups

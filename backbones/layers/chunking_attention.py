@@ -193,4 +193,6 @@ def create_chunking_attention(
         return ChannelChunkingAttention(channels, qkv=ca_qkv)
     if kind in ("pca_serial", "pca_parallel"):
         return PCA(channels, mode=kind.split("_")[1], pa_reduction=pa_reduction, ca_qkv=ca_qkv)  # type: ignore[arg-type]
-    raise ModelConfigError(f"unknown chunking attention {kind!r}; choose one of pa, ca, pca_serial, pca_parallel")
+    raise ModelConfigError(
+        f"unknown chunking attention {kind!r}; choose one of pa, ca, pca_serial, pca_parallel"
+    )

@@ -106,8 +106,9 @@ class CrossLayerChannelAttention(nn.Module):
         gamma_init: initial value of the residual gate ``gamma_c``.
     """
 
-    def __init__(self, low_channels: int, high_channels: int, value: ValueSource = "low",
-                 gamma_init: float = 0.0) -> None:
+    def __init__(
+        self, low_channels: int, high_channels: int, value: ValueSource = "low", gamma_init: float = 0.0
+    ) -> None:
         super().__init__()
         if value not in ("low", "high"):
             raise ModelConfigError(f"value must be 'low' or 'high', got {value!r}")
@@ -146,14 +147,23 @@ class CrossLayerSpatialAttention(nn.Module):
         gamma_init: initial value of the residual gate ``gamma_s``.
     """
 
-    def __init__(self, low_channels: int, high_channels: int, reduction: int = 8, heads: int = 1,
-                 value: ValueSource = "low", gamma_init: float = 0.0) -> None:
+    def __init__(
+        self,
+        low_channels: int,
+        high_channels: int,
+        reduction: int = 8,
+        heads: int = 1,
+        value: ValueSource = "low",
+        gamma_init: float = 0.0,
+    ) -> None:
         super().__init__()
         if value not in ("low", "high"):
             raise ModelConfigError(f"value must be 'low' or 'high', got {value!r}")
         dim = max(low_channels // reduction, 1)
         if dim % heads or low_channels % heads:
-            raise ModelConfigError(f"heads={heads} must divide the query width {dim} and the channels {low_channels}")
+            raise ModelConfigError(
+                f"heads={heads} must divide the query width {dim} and the channels {low_channels}"
+            )
         self.value, self.heads = value, heads
         self.query = nn.Conv2d(low_channels, dim, 1)
         self.key = nn.Conv2d(high_channels, dim, 1)
@@ -194,8 +204,9 @@ class CrossLayerFusion(nn.Module):
         out_channels: channels of the fused map (``C_h``; ``C_l + C_h`` for ``"concat"``).
     """
 
-    def __init__(self, low_channels: int, high_channels: int, mode: FusionMode = "conv",
-                 hidden: int | None = 512) -> None:
+    def __init__(
+        self, low_channels: int, high_channels: int, mode: FusionMode = "conv", hidden: int | None = 512
+    ) -> None:
         super().__init__()
         if mode not in ("conv", "sum", "concat", "none"):
             raise ModelConfigError(f"fusion must be one of conv, sum, concat, none; got {mode!r}")
@@ -206,7 +217,9 @@ class CrossLayerFusion(nn.Module):
             cat = low_channels + high_channels
             if hidden:
                 self.transform = nn.Sequential(
-                    _conv_bn(cat, hidden), nn.ReLU(inplace=True), _conv_bn(hidden, high_channels, zero_init=True)
+                    _conv_bn(cat, hidden),
+                    nn.ReLU(inplace=True),
+                    _conv_bn(hidden, high_channels, zero_init=True),
                 )
             else:
                 self.transform = _conv_bn(cat, high_channels, zero_init=True)
@@ -269,15 +282,19 @@ class CrossLayerSelfAttention(nn.Module):
             )
         self.combine = combine
         self.channel = (
-            CrossLayerChannelAttention(low_channels, high_channels, value, gamma_init) if channel_attn else None
+            CrossLayerChannelAttention(low_channels, high_channels, value, gamma_init)
+            if channel_attn
+            else None
         )
         self.spatial = (
             CrossLayerSpatialAttention(low_channels, high_channels, reduction, heads, value, gamma_init)
-            if spatial_attn else None
+            if spatial_attn
+            else None
         )
         self.merge = (
             nn.Sequential(_conv_bn(2 * low_channels, low_channels), nn.ReLU(inplace=True))
-            if combine == "concat" and channel_attn and spatial_attn else None
+            if combine == "concat" and channel_attn and spatial_attn
+            else None
         )
         self.fusion = CrossLayerFusion(low_channels, high_channels, fusion, fusion_dim)
         self.out_channels = self.fusion.out_channels
@@ -293,8 +310,11 @@ class CrossLayerSelfAttention(nn.Module):
         if self.combine == "serial":
             return self.spatial(self.channel(low, high), high)
         if self.combine == "sum":
-            return low + self.channel.gamma * self.channel.residual(low, high) \
+            return (
+                low
+                + self.channel.gamma * self.channel.residual(low, high)
                 + self.spatial.gamma * self.spatial.residual(low, high)
+            )
         return self.merge(torch.cat([self.channel(low, high), self.spatial(low, high)], dim=1))
 
     def forward(self, low: Tensor, high: Tensor) -> Tensor:

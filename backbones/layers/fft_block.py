@@ -54,8 +54,15 @@ class MultiHeadSelfAttention(nn.Module):
         proj_drop: dropout after the output projection.
     """
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int = 64, qkv_bias: bool = False,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int = 64,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -98,8 +105,16 @@ class TransformerLayer(nn.Module):
         drop_path: stochastic depth rate (0 in the paper, which does not mention it).
     """
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_dim: int, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int,
+        mlp_dim: int,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MultiHeadSelfAttention(dim, num_heads, head_dim, attn_drop=attn_drop, proj_drop=proj_drop)
@@ -190,9 +205,18 @@ class FFTBlock(nn.Module):
         drop_path: stochastic depth rate of this block.
     """
 
-    def __init__(self, dims: list[int], num_heads: int, head_dim: int, mlp_dim: int, fusion_kernel: int = 8,
-                 fusion_norm: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        dims: list[int],
+        num_heads: int,
+        head_dim: int,
+        mlp_dim: int,
+        fusion_kernel: int = 8,
+        fusion_norm: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             TransformerLayer(d, num_heads, head_dim, mlp_dim, attn_drop, proj_drop, drop_path) for d in dims
@@ -201,8 +225,9 @@ class FFTBlock(nn.Module):
             StreamFusion(dims[i - 1], dims[i], fusion_kernel, fusion_norm) for i in range(1, len(dims))
         )
 
-    def forward(self, tokens: list[Tensor], grids: list[tuple[int, int]],
-                return_attn: bool = False) -> tuple[list[Tensor], Tensor | None]:
+    def forward(
+        self, tokens: list[Tensor], grids: list[tuple[int, int]], return_attn: bool = False
+    ) -> tuple[list[Tensor], Tensor | None]:
         """Run every stream; returns the new token lists and, if asked, the last stream's attention."""
         last = len(tokens) - 1
         out: list[Tensor] = []

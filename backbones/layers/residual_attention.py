@@ -40,8 +40,9 @@ class ResidualAttention(nn.Module):
         residual: add the input back (Eq. 2's ``+ F``). ``False`` gives plain CBAM (for comparison only).
     """
 
-    def __init__(self, channels: int, reduction: int = 16, spatial_kernel_size: int = 7,
-                 residual: bool = True) -> None:
+    def __init__(
+        self, channels: int, reduction: int = 16, spatial_kernel_size: int = 7, residual: bool = True
+    ) -> None:
         super().__init__()
         self.channel = ChannelAttn(channels, rd_channels=max(1, channels // reduction), mlp_bias=True)
         self.spatial = SpatialAttn(spatial_kernel_size)

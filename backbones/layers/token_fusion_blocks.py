@@ -81,11 +81,18 @@ class PatchTokens(nn.Module):
         class_token: prepend a learned class token.
     """
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int,
-                 class_token: bool = False) -> None:
+    def __init__(
+        self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, class_token: bool = False
+    ) -> None:
         super().__init__()
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                      embed_dim=embed_dim, output_fmt="NHWC", strict_img_size=False)
+        self.patch_embed = PatchEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            output_fmt="NHWC",
+            strict_img_size=False,
+        )
         self.grid_size: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
         self.num_prefix_tokens = 1 if class_token else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
@@ -98,8 +105,9 @@ class PatchTokens(nn.Module):
         """Return tokens (B, prefix + h*w, D) and the patch grid (h, w)."""
         x = self.patch_embed(x)  # B, h, w, D
         b, h, w, d = x.shape
-        pos = resample_abs_pos_embed(self.pos_embed, new_size=[h, w], old_size=list(self.grid_size),
-                                     num_prefix_tokens=0)
+        pos = resample_abs_pos_embed(
+            self.pos_embed, new_size=[h, w], old_size=list(self.grid_size), num_prefix_tokens=0
+        )
         x = x.reshape(b, h * w, d) + pos
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
@@ -217,8 +225,14 @@ class BridgeBlock(nn.Module):
         mid_channels: output width of the UpConv.
     """
 
-    def __init__(self, in_channels: int, scale: int, upsample: Upsample = "upconv", out_channels: int = 3,
-                 mid_channels: int = 3) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        scale: int,
+        upsample: Upsample = "upconv",
+        out_channels: int = 3,
+        mid_channels: int = 3,
+    ) -> None:
         super().__init__()
         if upsample not in ("upconv", "copy"):
             raise ModelConfigError(f"bridge upsample must be 'upconv' or 'copy', got {upsample!r}")
@@ -293,8 +307,15 @@ class PoolingHead(nn.Module):
         drop_rate: dropout before the classifier.
     """
 
-    def __init__(self, kind: HeadType, dim: int, grid: tuple[int, int], num_prefix_tokens: int = 0,
-                 num_classes: int = 1000, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        kind: HeadType,
+        dim: int,
+        grid: tuple[int, int],
+        num_prefix_tokens: int = 0,
+        num_classes: int = 1000,
+        drop_rate: float = 0.0,
+    ) -> None:
         super().__init__()
         if kind not in ("token", "channel", "mixing"):
             raise ModelConfigError(f"head must be 'token', 'channel' or 'mixing', got {kind!r}")
@@ -328,11 +349,13 @@ class PoolingHead(nn.Module):
         n = grid_vals.shape[1]
         side = math.isqrt(n)
         if side * side == n:
-            resized = F.interpolate(grid_vals.reshape(-1, 1, side, side), size=self.grid, mode="bilinear",
-                                    align_corners=False).flatten(1)
+            resized = F.interpolate(
+                grid_vals.reshape(-1, 1, side, side), size=self.grid, mode="bilinear", align_corners=False
+            ).flatten(1)
         else:  # non-square input: resample along the row-major token order
-            resized = F.interpolate(grid_vals.unsqueeze(1), size=self.grid[0] * self.grid[1],
-                                    mode="linear", align_corners=False).squeeze(1)
+            resized = F.interpolate(
+                grid_vals.unsqueeze(1), size=self.grid[0] * self.grid[1], mode="linear", align_corners=False
+            ).squeeze(1)
         return torch.cat([prefix, resized], dim=1)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
