@@ -19,6 +19,9 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 
+import numpy as np
+import torch
+from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -76,3 +79,49 @@ def build_metrics(names: Sequence[str], num_classes: int, prefix: str) -> Metric
             continue
         chosen[name] = METRICS[name](num_classes)
     return MetricCollection(chosen, prefix=prefix)
+
+
+def per_class_auc_ap(
+    scores: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray,
+    num_classes: int | None = None,
+    *,
+    logits: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest ROC AUC and average precision for every class (MSF-CA Fig. 10, Tables III, V).
+
+    Args:
+        scores: ``(N, C)`` logits (``logits=True``, softmax is applied) or probabilities.
+        labels: ``(N,)`` integer class labels.
+        num_classes: ``C`` (default: ``scores.shape[1]``).
+        logits: whether ``scores`` are logits.
+
+    Returns:
+        ``(auc, ap)``, two float arrays of length ``C``; ``nan`` for classes with no positive or no negative.
+    """
+    from torchmetrics.functional.classification import multiclass_auroc, multiclass_average_precision
+
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if scores.ndim != 2 or labels.ndim != 1 or scores.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"expected scores (N, C) and labels (N,), got {tuple(scores.shape)} and {tuple(labels.shape)}"
+        )
+    num_classes = int(num_classes or scores.shape[1])
+    probs = scores.softmax(dim=1) if logits else scores
+    auc = multiclass_auroc(probs, labels, num_classes, average=None, thresholds=None).double().numpy()
+    ap = multiclass_average_precision(probs, labels, num_classes, average=None, thresholds=None)
+    ap = ap.double().numpy()
+    counts = torch.bincount(labels, minlength=num_classes).numpy()
+    undefined = (counts == 0) | (counts == labels.numel())
+    auc[undefined] = np.nan
+    ap[undefined] = np.nan
+    return auc, ap
+
+
+def confusion_matrix(logits: Tensor, labels: Tensor) -> Tensor:
+    """``(C, C)`` counts: row = true class, column = arg-max prediction."""
+    num_classes = logits.shape[1]
+    preds = logits.argmax(dim=1)
+    flat = labels.long() * num_classes + preds
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)

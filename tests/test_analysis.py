@@ -14,14 +14,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from PIL import Image
 from scipy import stats
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules import analysis
-from lightning_modules.analysis import per_class_auc_ap, write_analysis
+from lightning_modules.analysis import write_analysis
+from lightning_modules.gather import interleave_shards, order_by_index
+from lightning_modules.metrics import per_class_auc_ap
+from tools import analysis as analysis_tool
 from tools import gradcam, profile, report, tsne, wilcoxon
 from tools.common import ToolError, load_network, run_main
 
@@ -381,40 +384,64 @@ def test_test_analysis_callback_with_wandb_offline(tmp_path):
         assert key.encode() in logged
 
 
-class _TwoRankModule:
-    """What gather_in_dataset_order uses of a LightningModule, with a 2-rank all_gather over fixed data."""
-
-    def __init__(self, per_rank: list[torch.Tensor]) -> None:
-        self.trainer = type("T", (), {"world_size": 2})()
-        self._trainer = self.trainer
-        self.device = torch.device("cpu")
-        self._per_rank = per_rank
-
-    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
-        if t.ndim == 1 and t.numel() == 1:  # the per-rank counts
-            return torch.tensor([[len(p)] for p in self._per_rank])
-        ranks = self._per_rank
-        most = max(len(p) for p in ranks)
-        if t.dtype == torch.long:  # labels: the first feature of each sample is its label here
-            ranks = [torch.cat([p[:, 0].long(), p.new_full((most - len(p),), -1).long()]) for p in ranks]
-        else:
-            ranks = [torch.cat([p, p.new_zeros(most - len(p), p.shape[1])]) for p in ranks]
-        return torch.stack(ranks)
+def test_interleave_shards_restores_uneven_sampler_shards():
+    # UnrepeatedDistributedSampler, 5 samples, 2 ranks: rank 0 gets 0, 2, 4 and rank 1 gets 1, 3
+    merged = interleave_shards([torch.tensor([0, 2, 4]), torch.tensor([1, 3])])
+    assert merged.tolist() == [0, 1, 2, 3, 4]
+    rows = interleave_shards([torch.tensor([[0.0, 0], [2, 2]]), torch.tensor([[1.0, 1], [3, 3]])])
+    assert rows[:, 0].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="interleaving sampler"):
+        interleave_shards([torch.tensor([1, 3]), torch.tensor([0, 2, 4])])
 
 
-def test_gather_interleaves_ranks_and_drops_sampler_padding():
-    # DistributedSampler, 5 samples, 2 ranks: rank 0 gets 0, 2, 4; rank 1 gets 1, 3 and the padding copy of 0.
-    from lightning_modules.analysis import gather_in_dataset_order
+def test_order_by_index_sorts_and_drops_padding_repeats():
+    # DistributedSampler (padding), 5 samples, 2 ranks: rank 1 gets 1, 3 and a repeat of sample 0
+    indices = torch.tensor([0, 2, 4, 1, 3, 0])
+    values = torch.tensor([10, 12, 14, 11, 13, 99])
+    idx, ordered = order_by_index(indices, values)
+    assert idx.tolist() == [0, 1, 2, 3, 4] and ordered.tolist() == [10, 11, 12, 13, 14]
 
-    rank0, rank1 = torch.tensor([[0.0], [2.0], [4.0]]), torch.tensor([[1.0], [3.0], [0.0]])
-    module = _TwoRankModule([rank0, rank1])
-    logits, labels = gather_in_dataset_order(module, rank0, rank0[:, 0].long(), dataset_len=5)
-    assert logits[:, 0].tolist() == [0, 1, 2, 3, 4] and labels.tolist() == [0, 1, 2, 3, 4]
+
+class _UnevenShards(LightningDataModule):
+    """5 test samples; under DDP the project's evaluation sampler (no padding): shards [0, 2, 4] and [1, 3]."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        super().__init__()
+        self.data = data
+
+    def test_dataloader(self) -> DataLoader:
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        sampler = UnrepeatedDistributedSampler(self.data, shuffle=False)
+        assert len(sampler) == (3 if sampler.rank == 0 else 2)  # uneven shards, as in the issue
+        return DataLoader(self.data, batch_size=2, sampler=sampler)
+
+
+@pytest.mark.slow  # two spawned processes; the reorder logic itself is tested above in the default suite
+def test_test_analysis_ddp_gathers_uneven_shards_in_dataset_order(tmp_path):
+    """Two CPU processes (gloo): per-sample logits, labels and dataset ids come back in dataset order."""
+    callback = analysis.TestAnalysis(output_dir=str(tmp_path / "ddp"), plots=False, log_to_wandb=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    model = TinyClassifier()
+    data = _dataset(5)
+    trainer.test(model, datamodule=_UnevenShards(data), verbose=False)
+    saved = torch.load(tmp_path / "ddp" / "predictions.pt", weights_only=True)
+    assert saved["indices"].tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(saved["labels"], data.tensors[1])
+    assert torch.allclose(saved["logits"], model(data.tensors[0]).detach(), atol=1e-6)
 
 
 @pytest.mark.slow
 def test_test_analysis_ddp_gathers_in_dataset_order(tmp_path):
-    """Two CPU processes (gloo); 7 samples: the sampler pads rank 1, the padding must be dropped."""
+    """Two CPU processes (gloo); 7 samples: Lightning's padding sampler repeats one, the repeat is dropped."""
     callback = analysis.TestAnalysis(output_dir=str(tmp_path / "ddp"), plots=False)
     trainer = Trainer(
         accelerator="cpu",
@@ -429,8 +456,19 @@ def test_test_analysis_ddp_gathers_in_dataset_order(tmp_path):
     data = _dataset(7)
     trainer.test(model, DataLoader(data, batch_size=2), verbose=False)
     saved = torch.load(tmp_path / "ddp" / "predictions.pt", weights_only=True)
+    assert saved["indices"].tolist() == list(range(7))
     assert torch.equal(saved["labels"], data.tensors[1])
     assert torch.allclose(saved["logits"], model(data.tensors[0]).detach(), atol=1e-6)
+
+
+def test_analysis_tool_rewrites_files_from_predictions(tmp_path, capsys):
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]])
+    write_analysis(logits, LABELS, tmp_path / "run", class_names=["cat", "dog"], plots=False)
+    files = analysis_tool.main([str(tmp_path / "run"), "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "analysis" / "confusion_matrix.png").is_file()
+    assert "cat" in files["per_class_csv"].read_text()
+    assert run_main(analysis_tool.main, [str(tmp_path / "missing")]) == 2
+    assert "predictions file" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------- reports

@@ -36,10 +36,13 @@ class ToolError(RuntimeError):
 
 
 def run_main(main: Any, argv: Sequence[str] | None = None) -> int:
-    """Run a tool's ``main(argv)`` and turn a :class:`ToolError` into one clear line and exit code 2."""
+    """Run a tool's ``main(argv)``; a :class:`ToolError` or a user error (``user_error = True``, e.g. a
+    missing predictions file) becomes one clear line and exit code 2."""
     try:
         main(argv)
-    except ToolError as err:
+    except Exception as err:
+        if not (isinstance(err, ToolError) or getattr(err, "user_error", False)):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

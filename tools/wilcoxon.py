@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,9 +35,9 @@ from typing import Literal
 import numpy as np
 import torch
 from scipy import stats
-from torch import Tensor
 
-from lightning_modules.analysis import per_class_auc_ap
+from lightning_modules.metrics import per_class_auc_ap
+from lightning_modules.predictions import load_predictions
 from tools.common import ToolError, run_main
 
 
@@ -86,25 +85,6 @@ def signed_rank(
     return SignedRankResult(
         int(d.size), r_plus, r_minus, float(res.statistic), p, bool(p < alpha), alpha, method
     )
-
-
-def load_predictions(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
-    """Read ``(logits, labels)`` from a ``predictions.pt`` / ``.npz`` file (or a run folder holding one)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        for name in ("predictions.pt", "predictions.npz"):
-            if os.path.isfile(os.path.join(path, name)):
-                path = os.path.join(path, name)
-                break
-    if not os.path.isfile(path):
-        raise ToolError(f"predictions file '{path}' not found (TestAnalysis writes <run dir>/predictions.pt)")
-    if path.endswith(".npz"):
-        with np.load(path) as data:
-            return torch.from_numpy(data["logits"]), torch.from_numpy(data["labels"])
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or "logits" not in obj or "labels" not in obj:
-        raise ToolError(f"'{path}' must hold a dict with 'logits' (N, C) and 'labels' (N,)")
-    return obj["logits"], obj["labels"]
 
 
 def compare_runs(
