@@ -69,6 +69,10 @@ class PaperCLI(LightningCLI):
         run_dir = root / name
         cfg.trainer.default_root_dir = str(run_dir)
         resuming = bool(cfg.get("ckpt_path")) or has_hpc_checkpoint(run_dir)
+        if self.subcommand == "fit" and not cfg.get("ckpt_path") and has_hpc_checkpoint(run_dir):
+            # a pre-emption checkpoint (SLURM requeue, SIGTERM; lightning_modules/signals.py): resume from it
+            cfg.ckpt_path = "hpc"
+            print(f"resuming from the pre-emption checkpoint in {run_dir} (hpc_ckpt_*.ckpt)", file=sys.stderr)
         configure_loggers(cfg, run_dir, name, resuming=resuming)
         configure_checkpoints(cfg, run_dir)
         if cfg.trainer.get("fast_dev_run"):
