@@ -51,7 +51,6 @@ a missing part.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -66,7 +65,7 @@ from backbones.errors import ModelConfigError
 from backbones.layers.fft_block import FFTBlock, grid_of
 from backbones.layers.residual_attention import ResidualAttention
 
-__all__ = ["FFT", "save_attention_overlay"]
+__all__ = ["FFT"]
 
 _STAGE_CHANNELS = (128, 256, 512)  # ResNet-18 layer2, layer3, layer4
 _STAGE_STRIDES = (8, 16, 32)
@@ -325,61 +324,6 @@ class FFT(nn.Module):
             raise ModelConfigError(f"query patch {query} is outside the {gh}x{gw} Outer token grid")
         maps = [a[:, :, row, 1:].mean(dim=1).reshape(-1, gh, gw) for a in attns]
         return torch.stack(maps, dim=1)
-
-
-def save_attention_overlay(
-    image: Tensor,
-    attention: Tensor,
-    path: str | os.PathLike[str],
-    query: int | None = None,
-    mean: Sequence[float] | None = (0.485, 0.456, 0.406),
-    std: Sequence[float] | None = (0.229, 0.224, 0.225),
-    alpha: float = 0.5,
-    title: str | None = None,
-) -> None:
-    """Save an attention map over its input image as a PNG (the Fig. 7 display).
-
-    Args:
-        image: ``(3, H, W)`` normalised image tensor (as fed to the model).
-        attention: ``(gh, gw)`` attention on the token grid (one entry of :meth:`FFT.outer_attention_maps`).
-        path: output file (``.png``).
-        query: row-major index of the query patch on the grid, outlined in red (``None``: class token).
-        mean: normalisation mean to undo (``None`` if ``image`` is already in [0, 1]).
-        std: normalisation std to undo.
-        alpha: opacity of the heat map.
-        title: optional figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    img = image.detach().float().cpu()
-    if mean is not None and std is not None:
-        img = img * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-    img = img.clamp(0, 1).permute(1, 2, 0).numpy()
-    h, w = img.shape[:2]
-    att = attention.detach().float().cpu()
-    gh, gw = att.shape
-    heat = F.interpolate(att[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    try:
-        ax.imshow(img)
-        ax.imshow(heat.numpy(), cmap="jet", alpha=alpha)
-        if query is not None:
-            ph, pw = h / gh, w / gw
-            r, c = divmod(query, gw)
-            ax.add_patch(
-                Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, edgecolor="red", linewidth=2)
-            )
-        ax.set_axis_off()
-        if title:
-            ax.set_title(title)
-        fig.savefig(os.fspath(path), bbox_inches="tight")
-    finally:
-        plt.close(fig)
 
 
 # ---------------------------------------------------------------------- registered variants

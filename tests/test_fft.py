@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import backbones  # noqa: F401 - registers the models
-from backbones.fft import FFT, save_attention_overlay
+from backbones.fft import FFT
 from backbones.layers.fft_block import MultiHeadSelfAttention, StreamFusion
 from backbones.layers.residual_attention import ResidualAttention
 from backbones.pretrained import load_pretrained
+from tools.attention import save_attention_overlay
 
 # Small encoder sizes so that Base-configured variants build fast; the switches under test stay as registered.
 SMALL = dict(embed_dim=32, mlp_dim=64, num_heads=2, head_dim=16)

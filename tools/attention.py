@@ -17,12 +17,14 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from tools.common import (
@@ -97,6 +99,61 @@ def save_attention(
     fig.savefig(files["attention_grid"], dpi=100)
     plt.close(fig)
     return files
+
+
+def save_attention_overlay(
+    image: Tensor,
+    attention: Tensor,
+    path: str | os.PathLike[str],
+    query: int | None = None,
+    mean: Sequence[float] | None = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] | None = IMAGENET_DEFAULT_STD,
+    alpha: float = 0.5,
+    title: str | None = None,
+) -> None:
+    """Save an attention map over its input image as a PNG (the Fig. 7 display).
+
+    Args:
+        image: ``(3, H, W)`` normalised image tensor (as fed to the model).
+        attention: ``(gh, gw)`` attention on the token grid (one entry of ``FFT.outer_attention_maps``).
+        path: output file (``.png``).
+        query: row-major index of the query patch on the grid, outlined in red (``None``: class token).
+        mean: normalisation mean to undo (``None`` if ``image`` is already in [0, 1]).
+        std: normalisation std to undo.
+        alpha: opacity of the heat map.
+        title: optional figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    img = image.detach().float().cpu()
+    if mean is not None and std is not None:
+        img = img * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    img = img.clamp(0, 1).permute(1, 2, 0).numpy()
+    h, w = img.shape[:2]
+    att = attention.detach().float().cpu()
+    gh, gw = att.shape
+    heat = F.interpolate(att[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    try:
+        ax.imshow(img)
+        ax.imshow(heat.numpy(), cmap="jet", alpha=alpha)
+        if query is not None:
+            ph, pw = h / gh, w / gw
+            r, c = divmod(query, gw)
+            ax.add_patch(
+                Rectangle((c * pw - 0.5, r * ph - 0.5), pw, ph, fill=False, edgecolor="red", linewidth=2)
+            )
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title)
+        fig.savefig(os.fspath(path), bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:

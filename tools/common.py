@@ -3,8 +3,8 @@
 A network comes from either
 
 * one or more experiment YAML files (``--config experiments/base.yaml --config experiments/X.yaml``),
-  parsed and instantiated exactly as LightningCLI does it (the project's CLI class from ``main.py`` when
-  it exists, so the same defaults, links and class resolution apply; the trainer is not built), or
+  parsed and instantiated by the project's CLI (:class:`lightning_modules.cli.PaperCLI`, so the same
+  defaults, links and class resolution apply; the trainer is not built), or
 * a timm model name (``--model resnet50``; every model of ``backbones/`` is registered in timm).
 
 ``--ckpt_path`` then loads a Lightning checkpoint of ``ClassificationTask`` (keys ``backbone.*``,
@@ -108,41 +108,11 @@ def backbone_of(module: nn.Module) -> nn.Module:
     return backbone if isinstance(backbone, nn.Module) else module
 
 
-def find_cli_class() -> type | None:
-    """The project's LightningCLI subclass from ``main.py``, or ``None`` when main.py has none."""
-    from lightning.pytorch.cli import LightningCLI
-
-    try:
-        import main  # noqa: PLC0415 - the project's entry point
-    except ImportError:
-        return None
-    preferred = getattr(main, "PaperCLI", None)
-    if isinstance(preferred, type) and issubclass(preferred, LightningCLI):
-        return preferred
-    for obj in vars(main).values():
-        if isinstance(obj, type) and issubclass(obj, LightningCLI) and obj is not LightningCLI:
-            return obj
-    return None
-
-
 def _analysis_cli_class() -> type:
-    """A CLI class that parses and instantiates model + data only (no trainer, loggers or callbacks)."""
-    from lightning.pytorch.cli import LightningCLI
+    """The project's CLI, parsing and instantiating model + data only (no trainer, loggers or callbacks)."""
+    from lightning_modules.cli import PaperCLI
 
-    base = find_cli_class()
-    if base is None:
-
-        class _Fallback(LightningCLI):
-            """Used when main.py has no CLI class: links data.num_classes like the project's CLI."""
-
-            def add_arguments_to_parser(self, parser: Any) -> None:
-                parser.link_arguments(
-                    "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
-                )
-
-        base = _Fallback
-
-    class _ModelDataOnly(base):  # type: ignore[misc, valid-type]
+    class _ModelDataOnly(PaperCLI):
         def before_instantiate_classes(self) -> None:
             """Skip the project's run-folder set-up (it writes run folders and W&B ids)."""
 
