@@ -55,6 +55,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 from torch import Tensor, nn
 
@@ -338,7 +339,7 @@ def _create_acanet(variant: str, pretrained: bool = False, defaults: dict[str, A
         model = model.to(device=device, dtype=dtype)
     model.pretrained_cfg = dict(
         architecture=variant, input_size=(3, 224, 224), num_classes=model.num_classes,
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv="conv1", classifier="fc",
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="conv1", classifier="fc",
     )  # fmt: skip
     return model
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead
 from timm.models import register_model
 from torch import Tensor, nn
@@ -57,9 +58,6 @@ from backbones.layers.cross_layer_attention import (
     ValueSource,
 )
 from backbones.pretrained import load_pretrained
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class CSNet(nn.Module):
@@ -153,8 +151,8 @@ class CSNet(nn.Module):
             pool_size=(14, 14),
             crop_pct=448 / 512,
             interpolation="bilinear",
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
             first_conv="trunk.conv1",
             classifier="head.fc",
             num_classes=num_classes,

@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models import checkpoint_seq, register_model
 from timm.models.resnet import Bottleneck, ResNet
@@ -74,8 +75,6 @@ BridgeStages = Literal["multi", "single"]
 
 #: Strides of the five ResNet stages (conv1, layer1, layer2, layer3, layer4).
 STAGE_STRIDES = (2, 4, 8, 16, 32)
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _linspace(end: float, steps: int) -> list[float]:
@@ -465,8 +464,8 @@ def _cfg(**overrides: Any) -> dict[str, Any]:
         pool_size=None,
         crop_pct=0.875,
         interpolation="bilinear",
-        mean=_IMAGENET_MEAN,
-        std=_IMAGENET_STD,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
         first_conv="trunk.conv1",
         classifier="head.fc",
         fixed_input_size=False,

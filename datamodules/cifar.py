@@ -8,8 +8,9 @@ Layout (``root`` is the folder holding ``cifar-10-batches-py/``, or that folder 
       batches.meta                         meta
 
 Each batch is a pickled dict with ``data`` (N x 3072 uint8, channel-major 32x32) and ``labels``
-(``fine_labels`` for CIFAR-100). Split: the official 50,000 train / 10,000 test; the papers report test
-accuracy and have no validation split, so the test set also serves as the validation set.
+(``fine_labels`` for CIFAR-100). Split: the official 50,000 train / 10,000 test. Validation
+(``val_split``, see :mod:`datamodules.base`): by default 5,000 training images held out (45,000 / 5,000 /
+10,000); ``val_split: test`` is the papers' protocol (the papers have no validation split).
 ``download: true`` fetches the archive with torchvision (never in tests).
 
 Default augmentation is the standard CIFAR recipe: random crop 32 with 4 pixels of zero padding plus
@@ -25,9 +26,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from datamodules.base import ClassificationDataModule, TensorImageDataset, TrainCrop
+from datamodules.base import ClassificationDataModule, SplitParts, TensorImageDataset, TrainCrop
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
@@ -97,16 +97,16 @@ class _CIFARDataModule(ClassificationDataModule):
             raise self.layout_error(self.data_dir, f"labels outside [0, {self.num_classes}) in")
         return images, labels
 
-    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+    def _build_parts(self) -> SplitParts:
         with open(os.path.join(self.data_dir, self.meta_file), "rb") as f:
             self.class_names = list(pickle.load(f, encoding="latin1")[self.meta_key])
         train = TensorImageDataset(*self._read(self.train_files), transform=self.train_transform)
         test = TensorImageDataset(*self._read(self.test_files), transform=self.eval_transform)
-        return train, test, test
+        return SplitParts(train=train, test=test)
 
 
 class CIFAR10DataModule(_CIFARDataModule):
-    """CIFAR-10: 10 classes, 50,000 train / 10,000 test images of 32x32 (test doubles as val)."""
+    """CIFAR-10: 10 classes, 50,000 train / 10,000 test images of 32x32."""
 
     dataset_name = "CIFAR-10"
     homepage = "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-10-python.tar.gz), or download: true"
@@ -145,7 +145,7 @@ class CIFAR10DataModule(_CIFARDataModule):
 
 
 class CIFAR100DataModule(_CIFARDataModule):
-    """CIFAR-100 (fine labels): 100 classes, 50,000 train / 10,000 test images (test doubles as val)."""
+    """CIFAR-100 (fine labels): 100 classes, 50,000 train / 10,000 test images."""
 
     dataset_name = "CIFAR-100"
     homepage = "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-100-python.tar.gz), or download: true"

@@ -9,8 +9,9 @@ Layout (``root`` is ``CUB_200_2011/`` or its parent)::
       classes.txt              "<class_id> <class name>"
       images/<class>/<name>.jpg
 
-Split: the official one, 5,994 train / 5,794 test (ACANet Table 1); the test set also serves as the
-validation set (the papers have no separate validation split). Bounding boxes and parts are not used.
+Split: the official one, 5,994 train / 5,794 test (ACANet Table 1). Validation (``val_split``): by default
+599 training images held out (5,395 / 599 / 5,794); ``val_split: test`` is the papers' protocol (no
+validation split). Bounding boxes and parts are not used.
 """
 
 from __future__ import annotations
@@ -18,24 +19,27 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from torch.utils.data import Dataset
-
-from datamodules.base import ClassificationDataModule, ImageListDataset
+from datamodules.base import ClassificationDataModule, DatasetLayoutError, ImageListDataset, SplitParts
 
 
 def read_id_table(path: str) -> dict[int, str]:
     """Read a CUB-style ``"<id> <value>"`` file into ``{id: value}``."""
     table: dict[int, str] = {}
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if line.strip():
                 key, _, value = line.strip().partition(" ")
+                if not key.isdigit() or not value.strip():
+                    bad = line.strip()[:60]
+                    raise DatasetLayoutError(
+                        "CUB-200-2011", path, detail=f"line {number} is not '<id> <value>' ({bad!r}) in"
+                    )
                 table[int(key)] = value.strip()
     return table
 
 
 class CUB200DataModule(ClassificationDataModule):
-    """CUB-200-2011, 200 bird species, official 5,994 / 5,794 split (test doubles as val)."""
+    """CUB-200-2011, 200 bird species, official 5,994 / 5,794 train / test split."""
 
     dataset_name = "CUB-200-2011"
     homepage = "https://www.vision.caltech.edu/datasets/cub_200_2011/ (CUB_200_2011.tgz)"
@@ -60,7 +64,7 @@ class CUB200DataModule(ClassificationDataModule):
             if not os.path.exists(os.path.join(self.data_dir, rel)):
                 raise self.layout_error(os.path.join(self.data_dir, rel))
 
-    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+    def _build_parts(self) -> SplitParts:
         base = self.data_dir
         paths = read_id_table(os.path.join(base, "images.txt"))
         labels = read_id_table(os.path.join(base, "image_class_labels.txt"))
@@ -75,6 +79,11 @@ class CUB200DataModule(ClassificationDataModule):
                     os.path.join(base, "image_class_labels.txt"),
                     f"image id {image_id} has no label or split entry in",
                 )
+            if not labels[image_id].isdigit():
+                raise self.layout_error(
+                    os.path.join(base, "image_class_labels.txt"),
+                    f"image id {image_id} has class id {labels[image_id][:40]!r}, not a number, in",
+                )
             label = int(labels[image_id]) - 1
             if not 0 <= label < self.num_classes:
                 raise self.layout_error(
@@ -85,5 +94,7 @@ class CUB200DataModule(ClassificationDataModule):
         missing = next((p for p, _ in train + test if not os.path.isfile(p)), None)
         if missing:
             raise self.layout_error(missing, "image listed in images.txt not found")
-        test_set = ImageListDataset(test, self.eval_transform)
-        return ImageListDataset(train, self.train_transform), test_set, test_set
+        return SplitParts(
+            train=ImageListDataset(train, self.train_transform),
+            test=ImageListDataset(test, self.eval_transform),
+        )

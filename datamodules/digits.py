@@ -5,7 +5,9 @@ Recognition of Handwritten Digits", 10 classes, pixel values 0..16), shipped ins
 upsampled (bilinear) to ``image_size`` once at setup, replicated to 3 channels and kept in memory as uint8
 tensors, so an epoch costs milliseconds and a small CNN reaches well above chance in seconds on a CPU.
 
-Split: seeded stratified ``split_ratios`` (default 70/15/15 -> 1,257 / 270 / 270).
+Split: seeded stratified ``split_ratios`` (default 70/15/15 -> 1,257 / 270 / 270; the middle part is the
+held-out validation split). With two ratios ``[train, test]`` the validation split is carved from train by
+``val_split`` / ``val_fraction`` like every other dataset (see :mod:`datamodules.base`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from datamodules.base import ClassificationDataModule, TensorImageDataset, TrainCrop, stratified_split
+from datamodules.base import (
+    ClassificationDataModule,
+    SplitParts,
+    TensorImageDataset,
+    TrainCrop,
+    stratified_split,
+)
 
 DIGITS_MEAN: tuple[float, float, float] = (0.305, 0.305, 0.305)
 DIGITS_STD: tuple[float, float, float] = (0.33, 0.33, 0.33)  # at 32x32 (0.376 at 8x8)
@@ -35,8 +42,8 @@ class DigitsDataModule(ClassificationDataModule):
         hflip: horizontal-flip probability (default 0: digits are not mirror-symmetric).
         mean: normalisation mean (default: the digits' own pixel statistics).
         std: normalisation standard deviation.
-        split_ratios: train/val/test fractions (stratified); with two values val doubles as test.
-        split_seed: seed of the split.
+        split_ratios: ``[train, val, test]`` fractions (stratified), or ``[train, test]`` (validation then by
+            ``val_split``).
         **kwargs: the remaining :class:`~datamodules.base.ClassificationDataModule` arguments.
     """
 
@@ -56,7 +63,6 @@ class DigitsDataModule(ClassificationDataModule):
         mean: tuple[float, float, float] = DIGITS_MEAN,
         std: tuple[float, float, float] = DIGITS_STD,
         split_ratios: tuple[float, ...] = (0.7, 0.15, 0.15),
-        split_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -72,11 +78,10 @@ class DigitsDataModule(ClassificationDataModule):
             **kwargs,
         )
         self.split_ratios = tuple(split_ratios)
-        self.split_seed = split_seed
         self.num_classes = 10
         self.class_names = [str(d) for d in range(10)]
 
-    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+    def _build_parts(self) -> SplitParts:
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
@@ -90,14 +95,12 @@ class DigitsDataModule(ClassificationDataModule):
         images = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
         labels = torch.as_tensor(bunch.target, dtype=torch.long)
         parts = stratified_split(labels.tolist(), self.split_ratios, self.split_seed, self.dataset_name)
-        if len(parts) == 2:
-            parts = [parts[0], parts[1], parts[1]]
-        train, val, test = (torch.as_tensor(p, dtype=torch.long) for p in parts)
-        # With two ratios val and test are the same object (val doubles as test).
-        val_set = TensorImageDataset(images[val], labels[val], self.eval_transform)
-        test_set = (
-            val_set
-            if parts[1] is parts[2]
-            else TensorImageDataset(images[test], labels[test], self.eval_transform)
+        idx = [torch.as_tensor(p, dtype=torch.long) for p in parts]
+        train, test = idx[0], idx[-1]
+        return SplitParts(
+            train=TensorImageDataset(images[train], labels[train], self.train_transform),
+            test=TensorImageDataset(images[test], labels[test], self.eval_transform),
+            val=TensorImageDataset(images[idx[1]], labels[idx[1]], self.eval_transform)
+            if len(idx) == 3
+            else None,
         )
-        return TensorImageDataset(images[train], labels[train], self.train_transform), val_set, test_set

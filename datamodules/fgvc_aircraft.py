@@ -8,11 +8,13 @@ Layout (``root`` is ``fgvc-aircraft-2013b/`` or its parent)::
       images_variant_test.txt          "<image id> <variant name>"   (3,333 lines)
       images/<image id>.jpg
 
-Split: the standard fine-grained protocol, trainval (6,667) for training and test (3,333); the test set also
-serves as validation. Class index = line number in ``variants.txt`` (as torchvision). The images keep their
-20-pixel copyright banner at the bottom (torchvision does the same); ``annotation_level`` selects
-variant (100), family (70) or manufacturer (30) labels. ``download: true`` fetches the archive with torchvision
-into ``root/fgvc-aircraft-2013b/`` (never in tests).
+Split: the standard fine-grained protocol, trainval (6,667) for training and test (3,333). Validation
+(``val_split``): by default 667 trainval images held out (6,000 / 667 / 3,333); ``official`` uses the
+shipped ``train`` (3,334) / ``val`` (3,333) halves of trainval; ``test`` is the papers' protocol.
+Class index = line number in ``variants.txt`` (as torchvision). The images keep their 20-pixel copyright
+banner at the bottom (torchvision does the same); ``annotation_level`` selects variant (100), family (70)
+or manufacturer (30) labels. ``download: true`` fetches the archive with torchvision into
+``root/fgvc-aircraft-2013b/`` (never in tests).
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from torch.utils.data import Dataset
-
-from datamodules.base import ClassificationDataModule, DataConfigError, ImageListDataset
+from datamodules.base import ClassificationDataModule, DataConfigError, ImageListDataset, SplitParts
 
 _LEVELS = {
     "variant": ("variants.txt", 100),
@@ -32,7 +32,7 @@ _LEVELS = {
 
 
 class FGVCAircraftDataModule(ClassificationDataModule):
-    """FGVC-Aircraft, 100 variants (default), trainval / test split (test doubles as val).
+    """FGVC-Aircraft, 100 variants (default), trainval / test split (official train / val halves).
 
     Args:
         root: ``fgvc-aircraft-2013b/`` or the folder holding it.
@@ -99,7 +99,7 @@ class FGVCAircraftDataModule(ClassificationDataModule):
             raise self.layout_error(missing, f"image listed in {os.path.basename(path)} not found")
         return samples
 
-    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+    def _build_parts(self) -> SplitParts:
         with open(os.path.join(self.data_dir, _LEVELS[self.annotation_level][0])) as f:
             names = [line.strip() for line in f if line.strip()]
         if len(names) > self.num_classes:
@@ -109,5 +109,16 @@ class FGVCAircraftDataModule(ClassificationDataModule):
             )
         self.class_names = names
         index = {name: i for i, name in enumerate(names)}
-        test_set = ImageListDataset(self._read_split("test", index), self.eval_transform)
-        return ImageListDataset(self._read_split("trainval", index), self.train_transform), test_set, test_set
+        parts = SplitParts(
+            train=ImageListDataset(self._read_split("trainval", index), self.train_transform),
+            test=ImageListDataset(self._read_split("test", index), self.eval_transform),
+        )
+        if self.val_split == "official":
+            for split in ("train", "val"):
+                if not os.path.isfile(self._split_file(split)):
+                    raise self.layout_error(self._split_file(split), "val_split: official needs")
+            parts.official = (
+                ImageListDataset(self._read_split("train", index), self.train_transform),
+                ImageListDataset(self._read_split("val", index), self.eval_transform),
+            )
+        return parts

@@ -1,12 +1,21 @@
 """Generic labelled image folders (custom data such as the MSF-CA paper's 24-class ceramic set).
 
-Two layouts (``split``):
+Three ways to split (``split``):
 
-* ``ratio``: one folder per class under ``root``; a seeded, stratified split by ``split_ratios``
-  (``[train, test]``, where val doubles as test, or ``[train, val, test]``). The MSF-CA paper's ceramic set
-  is split 7:3, i.e. ``split_ratios: [0.7, 0.3]``.
-* ``folders``: pre-split ``root/train/<class>/``, ``root/val/<class>/`` and optionally ``root/test/<class>/``
-  (without ``test/`` the val split doubles as the test split). Class indices come from ``train/``.
+* ``ratio``: one folder per class under ``root``; a seeded, stratified split of all images by
+  ``split_ratios`` (``[train, test]`` or ``[train, val, test]``; sizes rounded once on the whole set).
+* ``per_class``: the same folders, each class split on its own: ``floor(split_ratios[0] * n_c)`` training
+  images of class ``c`` (and ``floor(split_ratios[1] * n_c)`` validation images with three ratios), the
+  rest test. This is the reading of the MSF-CA paper's 7:3 split that gives its 477-image test set: with
+  ``[0.7, 0.3]`` on 1,548 images (we assume 21 classes of 65 images and 3 of 61: the per-class counts are
+  not published) it gives 1,071 train / 477 test, where ``ratio`` gives 1,084 / 464.
+* ``folders``: pre-split ``root/train/<class>/``, ``root/val/<class>/`` and optionally ``root/test/<class>/``.
+  With ``test/``, ``val/`` is the dataset's validation split; without it, ``val/`` is the test set and the
+  validation split is carved from ``train/``. Class indices come from ``train/``.
+
+Validation (``val_split``, see :mod:`datamodules.base`): a three-part ``split_ratios`` or a ``val/`` folder
+beside ``test/`` is the validation split; otherwise ``holdout`` carves ``val_fraction`` of the training
+images; ``test`` is the papers' protocol (validation = test).
 
 ``root`` may also be a ``.zip`` archive (e.g. ``../shared/data/cifar10-mini.zip``): it is extracted once into
 ``cache_dir`` (default ``$PAPERBENCH_CACHE/<zip name>/``, else ``~/.cache/paperbench/<zip name>/``),
@@ -30,16 +39,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from torch.utils.data import Dataset
-
 from datamodules.base import (
     ClassificationDataModule,
     DataConfigError,
     DatasetLayoutError,
     ImageListDataset,
+    SplitParts,
     find_class_folders,
     is_image_file,
     list_images,
+    per_class_split,
     stratified_split,
 )
 
@@ -125,40 +134,38 @@ def descend_wrappers(path: Path, split: str) -> Path:
 
 
 class ImageFolderDataModule(ClassificationDataModule):
-    """Labelled image folders, split by ratio (stratified, seeded) or pre-split into train/val[/test].
+    """Labelled image folders, split by ratio (stratified or per class, seeded) or pre-split into folders.
 
     Args:
         root: the folder (or a ``.zip`` of it) holding one sub-folder per class (``split: ratio``) or
             ``train/``, ``val/`` and optionally ``test/`` (``split: folders``).
         num_classes: expected number of classes; ``None`` discovers it from the folders (an explicit value
             that does not match the folders is an error).
-        split: ``ratio`` or ``folders`` (see the module docstring).
-        split_ratios: ``[train, test]`` (val doubles as test) or ``[train, val, test]`` fractions.
-        split_seed: seed of the stratified split.
+        split: ``ratio``, ``per_class`` or ``folders`` (see the module docstring).
+        split_ratios: ``[train, test]`` or ``[train, val, test]`` fractions (``ratio`` / ``per_class``).
         cache_dir: where a ``.zip`` root is extracted (default ``$PAPERBENCH_CACHE/<zip name>/``, and
             ``~/.cache/paperbench/<zip name>/`` when that variable is unset).
         **kwargs: the remaining :class:`~datamodules.base.ClassificationDataModule` arguments.
     """
 
     dataset_name = "ImageFolder"
+    splits: tuple[str, ...] = ("folders", "ratio", "per_class")
     homepage = "your own data (see docs/datamodules.md); real sample archives: ../shared/data/cifar10-*.zip"
 
     def __init__(
         self,
         root: str = "data/images",
         num_classes: int | None = None,
-        split: Literal["folders", "ratio"] = "ratio",
+        split: Literal["folders", "ratio", "per_class"] = "ratio",
         split_ratios: tuple[float, ...] = (0.7, 0.3),
-        split_seed: int = 0,
         cache_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(root=root, **kwargs)
-        if split not in ("folders", "ratio"):
-            raise DataConfigError(f"split must be folders|ratio, got {split!r}")
+        if split not in self.splits:
+            raise DataConfigError(f"split must be {'|'.join(self.splits)}, got {split!r}")
         self.split = split
-        self.split_ratios = tuple(split_ratios)
-        self.split_seed = split_seed
+        self.split_ratios = tuple(split_ratios) if split_ratios is not None else None
         self.cache_dir = cache_dir
         self.source = self.root
         if self.root.lower().endswith(".zip"):
@@ -189,7 +196,8 @@ class ImageFolderDataModule(ClassificationDataModule):
         if getattr(self, "split", "ratio") == "folders":
             return (
                 "<root>/\n  train/<class_a>/*.jpg, train/<class_b>/*.jpg, ...\n"
-                "  val/<class_a>/*.jpg, ...\n  test/<class_a>/*.jpg, ...   (optional; else val is the test set)"
+                "  val/<class_a>/*.jpg, ...\n"
+                "  test/<class_a>/*.jpg, ...   (optional; else val/ is the test set)"
             )
         return "<root>/\n  <class_a>/*.jpg\n  <class_b>/*.jpg\n  ...   (split by split_ratios)"
 
@@ -221,20 +229,25 @@ class ImageFolderDataModule(ClassificationDataModule):
             )
         return [(path, index[c]) for c in found for path in list_images(directory / c, self.dataset_name)]
 
-    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+    def _split_indices(self, labels: list[int]) -> list[list[int]]:
+        """Index lists ``[train, test]`` or ``[train, val, test]`` of the ``ratio`` / ``per_class`` splits."""
+        assert self.split_ratios is not None
+        splitter = per_class_split if self.split == "per_class" else stratified_split
+        return splitter(labels, self.split_ratios, self.split_seed, self.dataset_name)
+
+    def _build_parts(self) -> SplitParts:
         root = Path(self.root)
         if self.split == "folders":
-            train = self._samples(root / "train")
-            val = self._samples(root / "val")
-            test = self._samples(root / "test") if (root / "test").is_dir() else None
-        else:
-            samples = self._samples(root)
-            parts = stratified_split(
-                [lbl for _, lbl in samples], self.split_ratios, self.split_seed, self.dataset_name
-            )
-            train = [samples[i] for i in parts[0]]
-            val = [samples[i] for i in parts[1]]
-            test = [samples[i] for i in parts[2]] if len(parts) == 3 else None
-        val_set = ImageListDataset(val, self.eval_transform)
-        test_set = val_set if test is None else ImageListDataset(test, self.eval_transform)
-        return ImageListDataset(train, self.train_transform), val_set, test_set
+            train = ImageListDataset(self._samples(root / "train"), self.train_transform)
+            val = ImageListDataset(self._samples(root / "val"), self.eval_transform)
+            if not (root / "test").is_dir():  # val/ is the test set; validation comes from val_split
+                return SplitParts(train=train, test=val)
+            test = ImageListDataset(self._samples(root / "test"), self.eval_transform)
+            return SplitParts(train=train, test=test, val=val, official=(train, val))
+        samples = self._samples(root)
+        parts = [[samples[i] for i in part] for part in self._split_indices([lbl for _, lbl in samples])]
+        return SplitParts(
+            train=ImageListDataset(parts[0], self.train_transform),
+            test=ImageListDataset(parts[-1], self.eval_transform),
+            val=ImageListDataset(parts[1], self.eval_transform) if len(parts) == 3 else None,
+        )

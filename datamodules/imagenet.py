@@ -8,7 +8,9 @@ Layout (``root`` holds ``train/`` and ``val/``)::
 
 The official val archive is flat; sort it into wnid folders first (e.g. the widely used ``valprep.sh``
 from the PyTorch ImageNet example, or torchvision's ``ImageNet`` devkit parser). Split: train / val, and
-val is also the test set (the test set's labels are not public).
+val is the test set (the test set's labels are not public). Validation (``val_split``): by default 10 % of
+train held out (1,153,050 / 128,117 / 50,000); ``val_split: test`` is the papers' protocol (validation =
+val = test). ImageNet ships no other validation split.
 
 Class index = position of the wnid in the standard sorted list of the 1,000 ILSVRC-2012 wnids (timm's
 ``imagenet_synsets.txt``, identical to ``sorted(os.listdir(train))`` on the full set), so labels match
@@ -21,9 +23,13 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
-
-from datamodules.base import ClassificationDataModule, ImageListDataset, find_class_folders, list_images
+from datamodules.base import (
+    ClassificationDataModule,
+    ImageListDataset,
+    SplitParts,
+    find_class_folders,
+    list_images,
+)
 
 
 def _timm_info_file(name: str) -> Path:
@@ -50,7 +56,7 @@ def imagenet_lemmas() -> dict[str, str]:
 
 
 class ImageNetDataModule(ClassificationDataModule):
-    """ImageNet-1k, 1,000 classes, train / val (val doubles as test)."""
+    """ImageNet-1k, 1,000 classes, train / val (val is the test set)."""
 
     dataset_name = "ImageNet-1k"
     homepage = "https://image-net.org/download-images (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar)"
@@ -85,7 +91,9 @@ class ImageNetDataModule(ClassificationDataModule):
             ]
         return samples
 
-    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+    def _build_parts(self) -> SplitParts:
         root = Path(self.root)
-        val = ImageListDataset(self._samples(root / "val"), self.eval_transform)
-        return ImageListDataset(self._samples(root / "train"), self.train_transform), val, val
+        return SplitParts(
+            train=ImageListDataset(self._samples(root / "train"), self.train_transform),
+            test=ImageListDataset(self._samples(root / "val"), self.eval_transform),
+        )

@@ -10,7 +10,8 @@ Layout (``root`` is ``stanford_cars/`` or its parent)::
       cars_train/*.jpg
       cars_test/*.jpg
 
-Split: the official 8,144 train / 8,041 test (ACANet Table 1); the test set also serves as validation.
+Split: the official 8,144 train / 8,041 test (ACANet Table 1). Validation (``val_split``): by default 814
+training images held out (7,330 / 814 / 8,041); ``val_split: test`` is the papers' protocol.
 Bounding boxes are not used (whole image, as in the papers).
 """
 
@@ -20,13 +21,12 @@ import os
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from datamodules.base import ClassificationDataModule, ImageListDataset
+from datamodules.base import ClassificationDataModule, ImageListDataset, SplitParts
 
 
 class StanfordCarsDataModule(ClassificationDataModule):
-    """Stanford Cars, 196 classes, official 8,144 / 8,041 split (test doubles as val)."""
+    """Stanford Cars, 196 classes, official 8,144 / 8,041 train / test split."""
 
     dataset_name = "Stanford Cars"
     homepage = (
@@ -86,7 +86,7 @@ class StanfordCarsDataModule(ClassificationDataModule):
             raise self.layout_error(missing, f"image listed in {os.path.basename(mat_path)} not found")
         return samples
 
-    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+    def _build_parts(self) -> SplitParts:
         from scipy.io import loadmat
 
         base = self.data_dir
@@ -98,5 +98,7 @@ class StanfordCarsDataModule(ClassificationDataModule):
             os.path.join(base, "devkit", "cars_train_annos.mat"), os.path.join(base, "cars_train")
         )
         test = self._read_annotations(self.test_annotations, os.path.join(base, "cars_test"))
-        test_set = ImageListDataset(test, self.eval_transform)
-        return ImageListDataset(train, self.train_transform), test_set, test_set
+        return SplitParts(
+            train=ImageListDataset(train, self.train_transform),
+            test=ImageListDataset(test, self.eval_transform),
+        )

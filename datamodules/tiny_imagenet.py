@@ -11,7 +11,9 @@ Layout (``root`` is ``tiny-imagenet-200/`` or its parent)::
       test/images/*.JPEG             unlabelled: not used
 
 Split: train (100,000) / val (10,000). The official test split has no public labels, so - as in the FFT
-paper's Table I (100,000 / 10,000) - the labelled val split is the test set (and the validation set).
+paper's Table I (100,000 / 10,000) - the labelled val split is the test set. Validation (``val_split``): by
+default 10,000 training images held out (90,000 / 10,000 / 10,000); ``val_split: test`` is the papers'
+protocol (validation = the labelled val folder = test).
 Class index = position of the wnid in the sorted wnid list (the order ``ImageFolder`` gives ``train/``).
 """
 
@@ -20,13 +22,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from torch.utils.data import Dataset
-
-from datamodules.base import ClassificationDataModule, ImageListDataset, TrainCrop, is_image_file
+from datamodules.base import ClassificationDataModule, ImageListDataset, SplitParts, TrainCrop, is_image_file
 
 
 class TinyImageNetDataModule(ClassificationDataModule):
-    """Tiny ImageNet, 200 classes; val (labelled) serves as the test set.
+    """Tiny ImageNet, 200 classes; the labelled val folder is the test set.
 
     Args:
         root: ``tiny-imagenet-200/`` or the folder holding it.
@@ -74,7 +74,7 @@ class TinyImageNetDataModule(ClassificationDataModule):
             if not os.path.exists(os.path.join(base, rel)):
                 raise self.layout_error(os.path.join(base, rel))
 
-    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+    def _build_parts(self) -> SplitParts:
         base = self.data_dir
         with open(os.path.join(base, "wnids.txt")) as f:
             wnids = sorted({line.strip() for line in f if line.strip()})
@@ -116,5 +116,7 @@ class TinyImageNetDataModule(ClassificationDataModule):
         missing = next((p for p, _ in val if not os.path.isfile(p)), None)
         if missing:
             raise self.layout_error(missing, "image listed in val_annotations.txt not found")
-        test = ImageListDataset(val, self.eval_transform)
-        return ImageListDataset(train, self.train_transform), test, test
+        return SplitParts(
+            train=ImageListDataset(train, self.train_transform),
+            test=ImageListDataset(val, self.eval_transform),
+        )

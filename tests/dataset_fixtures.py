@@ -142,7 +142,7 @@ def build_cifar10(root: Path, per_batch: int = 4, test_size: int = 6) -> dict[st
     return {"root": str(root)}
 
 
-def build_cifar100(root: Path, train_size: int = 12, test_size: int = 6) -> dict[str, Any]:
+def build_cifar100(root: Path, train_size: int = 20, test_size: int = 6) -> dict[str, Any]:
     """``root/cifar-100-python/{train, test, meta}`` (pickled dicts with fine and coarse labels)."""
     base = root / "cifar-100-python"
     for split, n, offset in (("train", train_size, 0), ("test", test_size, 50)):
@@ -321,7 +321,7 @@ def build_flowers102(root: Path, per_class: int = 4) -> dict[str, Any]:
     return {"root": str(root)}
 
 
-def build_flowers5(root: Path, per_class: int = 6) -> dict[str, Any]:
+def build_flowers5(root: Path, per_class: int = 10) -> dict[str, Any]:
     """``root/flower_photos/{daisy,dandelion,roses,sunflowers,tulips}/*.jpg`` plus LICENSE.txt."""
     base = root / "flower_photos"
     for label, cls in enumerate(["daisy", "dandelion", "roses", "sunflowers", "tulips"]):

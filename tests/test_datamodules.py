@@ -167,7 +167,7 @@ def test_batches_on_fixture(class_path, tmp_path):
     ):
         assert isinstance(loader.sampler, RandomSampler if shuffled else SequentialSampler)
         x, y = next(iter(loader))
-        assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32
+        assert x.shape == (min(2, len(loader.dataset)), 3, 32, 32) and x.dtype == torch.float32
         assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < dm.num_classes
         assert torch.isfinite(x).all()
     every_label = [label for ds in (dm.train_set, dm.test_set) for label in ds.targets]
@@ -223,7 +223,7 @@ def test_fit_timm_resnet18_on_cifar10_fixture(tmp_path):
 
 # ------------------------------------------------------------------------------------------ official splits
 def test_cub_split_follows_train_test_split_txt(tmp_path):
-    dm = make("datamodules.CUB200DataModule", tmp_path)
+    dm = make("datamodules.CUB200DataModule", tmp_path, val_split="test")
     dm.setup()
     base = Path(dm.data_dir)
     paths = dict(line.split() for line in (base / "images.txt").read_text().splitlines())
@@ -237,7 +237,10 @@ def test_cub_split_follows_train_test_split_txt(tmp_path):
     }
     assert set(dm.train_set.samples) == expected_train
     assert set(dm.test_set.samples) == expected_test
-    assert dm.val_set is dm.test_set  # the papers' protocol: no separate validation split
+    assert dm.val_set is dm.test_set  # the papers' protocol, by name: validation = test
+    held = make("datamodules.CUB200DataModule", tmp_path, split_seed=3)  # default: held out of train
+    held.setup()
+    assert set(held.train_set.samples) | set(held.val_set.samples) == expected_train
     assert dm.class_names[:3] == [c.split(".", 1)[1] for c in CUB_CLASSES]
     assert dm.num_classes == 200
 
@@ -245,7 +248,7 @@ def test_cub_split_follows_train_test_split_txt(tmp_path):
 def test_flowers102_trains_on_train_plus_val(tmp_path):
     from scipy.io import loadmat
 
-    dm = make("datamodules.Flowers102DataModule", tmp_path)
+    dm = make("datamodules.Flowers102DataModule", tmp_path, val_split="test")
     dm.setup()
     base = Path(dm.data_dir)
     setid = loadmat(base / "setid.mat", squeeze_me=True)
@@ -256,29 +259,42 @@ def test_flowers102_trains_on_train_plus_val(tmp_path):
     assert train_ids == trainval
     assert test_ids == sorted(setid["tstid"].tolist())
     assert all(label == labels[int(Path(p).stem.split("_")[1]) - 1] - 1 for p, label in dm.train_set.samples)
+    official = make("datamodules.Flowers102DataModule", tmp_path, val_split="official")
+    official.setup()  # the shipped halves: train on trnid, validate on valid
+    assert sorted(int(Path(p).stem.split("_")[1]) for p, _ in official.train_set.samples) == sorted(
+        setid["trnid"].tolist()
+    )
+    assert sorted(int(Path(p).stem.split("_")[1]) for p, _ in official.val_set.samples) == sorted(
+        setid["valid"].tolist()
+    )
 
 
 def test_stanford_cars_and_aircraft_match_torchvision(tmp_path):
     """The fixtures are readable by torchvision's own loaders, and we read the same samples."""
     from torchvision import datasets as tvd
 
-    cars = make("datamodules.StanfordCarsDataModule", tmp_path / "cars")
+    cars = make("datamodules.StanfordCarsDataModule", tmp_path / "cars", val_split="test")
     cars.setup()
     for split, ours in (("train", cars.train_set), ("test", cars.test_set)):
         theirs = tvd.StanfordCars(str(tmp_path / "cars"), split=split)
         assert [(str(Path(p)), lbl) for p, lbl in theirs._samples] == ours.samples
     assert cars.class_names[:3] == tvd.StanfordCars(str(tmp_path / "cars")).classes[:3]
 
-    aircraft = make("datamodules.FGVCAircraftDataModule", tmp_path / "air")
+    aircraft = make("datamodules.FGVCAircraftDataModule", tmp_path / "air", val_split="test")
     aircraft.setup()
     theirs = tvd.FGVCAircraft(str(tmp_path / "air"), split="trainval")
     assert list(zip(theirs._image_files, theirs._labels)) == aircraft.train_set.samples
     theirs = tvd.FGVCAircraft(str(tmp_path / "air"), split="test")
     assert list(zip(theirs._image_files, theirs._labels)) == aircraft.test_set.samples
+    official = make("datamodules.FGVCAircraftDataModule", tmp_path / "air", val_split="official")
+    official.setup()
+    for split, ours in (("train", official.train_set), ("val", official.val_set)):
+        theirs = tvd.FGVCAircraft(str(tmp_path / "air"), split=split)
+        assert list(zip(theirs._image_files, theirs._labels)) == ours.samples
 
 
 def test_cifar_pickles_decode_to_the_stored_pixels(tmp_path):
-    dm = make("datamodules.CIFAR10DataModule", tmp_path)
+    dm = make("datamodules.CIFAR10DataModule", tmp_path, val_split="test")
     dm.setup()
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
         batch = pickle.load(f, encoding="latin1")
@@ -286,10 +302,13 @@ def test_cifar_pickles_decode_to_the_stored_pixels(tmp_path):
     assert dm.train_set.labels[: len(batch["labels"])].tolist() == batch["labels"]
     assert dm.split_sizes() == {"train": 20, "val": 6, "test": 6}
     assert dm.class_names[0] == "airplane"
+    held = make("datamodules.CIFAR10DataModule", tmp_path)  # default: 10 % of train held out
+    held.setup()
+    assert held.split_sizes() == {"train": 18, "val": 2, "test": 6}
 
 
 def test_tiny_imagenet_uses_val_as_test_and_sorted_wnids(tmp_path):
-    dm = make("datamodules.TinyImageNetDataModule", tmp_path)
+    dm = make("datamodules.TinyImageNetDataModule", tmp_path, val_split="test")
     dm.setup()
     base = Path(dm.data_dir)
     wnids = sorted((base / "wnids.txt").read_text().split())
@@ -485,10 +504,16 @@ def test_image_folder_presplit_folders(tmp_path):
     assert dm.num_classes == 3 and dm.class_names == ["alpha", "beta", "gamma"]
     assert dm.split_sizes() == {"train": 12, "val": 6, "test": 6}
     assert dm.val_set is not dm.test_set
+    official = ImageFolderDataModule(**kwargs, **FAST, val_split="official")
+    official.setup()  # with test/, val/ is the validation split either way
+    assert dm.val_set.samples == official.val_set.samples and all("/val/" in p for p, _ in dm.val_set.samples)
     shutil.rmtree(Path(kwargs["root"]) / "test")
     dm = ImageFolderDataModule(**kwargs, **FAST)
-    dm.setup()
-    assert dm.val_set is dm.test_set  # without test/, val doubles as test
+    dm.setup()  # without test/, val/ is the test set and the validation split is held out of train/
+    assert dm.split_sizes() == {"train": 11, "val": 1, "test": 6}
+    assert all("/train/" in p for p, _ in dm.val_set.samples)
+    with pytest.raises(DataConfigError, match="ships no"):
+        ImageFolderDataModule(**kwargs, **FAST, val_split="official").setup()
     (Path(kwargs["root"]) / "val" / "zeta").mkdir()
     write_jpeg(Path(kwargs["root"]) / "val" / "zeta" / "x.jpg", 0, 0)
     with pytest.raises(DatasetLayoutError, match="zeta"):
@@ -532,8 +557,15 @@ def test_flowers5_split_and_fixed_classes(tmp_path):
     dm = Flowers5DataModule(**kwargs, **FAST)
     dm.setup()
     assert dm.class_names == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
-    assert dm.split_sizes() == {"train": 22, "val": 8, "test": 8}  # 30 images, 75 / 25
-    assert dm.val_set is dm.test_set
+    # split: fft on 5 x 10 images: 6 a class train, 4 held out; 10 of the 20 held out are the test set
+    assert dm.split_sizes() == {"train": 30, "val": 10, "test": 10}
+    ratio = Flowers5DataModule(**kwargs, **FAST, split="ratio", split_ratios=(0.8, 0.2), val_split="test")
+    ratio.setup()
+    assert ratio.split_sizes() == {"train": 40, "val": 10, "test": 10} and ratio.val_set is ratio.test_set
+    with pytest.raises(DataConfigError, match="split_ratios"):
+        Flowers5DataModule(**kwargs, split_ratios=(0.75, 0.25))  # split: fft is fixed
+    with pytest.raises(DataConfigError, match="needs split_ratios"):
+        Flowers5DataModule(**kwargs, split="ratio")
 
 
 # ------------------------------------------------------------------------------------------ image decoding
@@ -578,7 +610,7 @@ def test_image_folder_batches_from_mixed_modes(tmp_path):
         (root / name).mkdir(parents=True, exist_ok=True)
         image.save(root / name / f"{len(list((root / name).iterdir()))}.{ext}")
     dm = ImageFolderDataModule(
-        root=str(root), split_ratios=(0.5, 0.5), batch_size=4, num_workers=0, image_size=16
+        root=str(root), split_ratios=(0.5, 0.5), batch_size=4, num_workers=0, image_size=16, val_split="test"
     )
     dm.setup()
     x = torch.cat([b[0] for loader in (dm.train_dataloader(), dm.test_dataloader()) for b in loader])
@@ -629,7 +661,7 @@ def test_corrupt_images_skipped_with_one_warning(tmp_path):
         dm.setup()
     messages = [str(w.message) for w in caught if "undecodable" in str(w.message)]
     assert len(messages) == 1 and "skipped 2 undecodable" in messages[0]
-    kept = [p for ds in (dm.train_set, dm.test_set) for p, _ in ds.samples]
+    kept = [p for ds in (dm.train_set, dm.val_set, dm.test_set) for p, _ in ds.samples]
     assert len(kept) == 24 and not any("zz_" in p for p in kept)
     assert sum(len(b[1]) for b in dm.test_dataloader()) == len(dm.test_set)
 
@@ -641,7 +673,7 @@ def test_cub_skips_bad_images_too(tmp_path):
     dm = CUB200DataModule(**kwargs, **FAST, on_bad_image="skip")
     with pytest.warns(UserWarning, match="skipped 1 undecodable"):
         dm.setup()
-    assert len(dm.train_set) + len(dm.test_set) == 11
+    assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 11
 
 
 # ------------------------------------------------------------------------------------------ zip roots
@@ -769,3 +801,154 @@ def test_real_cifar10_jpegs_from_zip_are_learnable(tmp_path):
     trainer = quiet_trainer(max_epochs=6, num_sanity_val_steps=0)
     trainer.fit(TinyClassifier(dm.num_classes), datamodule=dm)
     assert trainer.callback_metrics["val/acc1"] > 0.25
+
+
+# ------------------------------------------------------------------------------------------ validation splits
+OFFICIAL_VAL = {  # datamodules whose fixture ships a validation split (val_split: official)
+    "datamodules.FGVCAircraftDataModule",
+    "datamodules.Flowers102DataModule",
+}
+
+
+def _keys(ds) -> set:
+    """Identity of every sample: file paths, or the pixel bytes of in-memory images."""
+    if hasattr(ds, "samples"):
+        return {p for p, _ in ds.samples}
+    return {ds.images[i].numpy().tobytes() for i in range(len(ds))}
+
+
+@pytest.mark.parametrize("class_path", list(FIXTURE_BUILDERS))
+def test_validation_split_is_held_out_by_default_and_test_only_by_name(class_path, tmp_path):
+    """Default: validation is carved from the training images, disjoint from train and test (issue 13)."""
+    dm = make(class_path, tmp_path)
+    assert dm.val_split == "holdout"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tiny fixtures: the holdout cannot be stratified
+        dm.setup()
+    train, val, test = _keys(dm.train_set), _keys(dm.val_set), _keys(dm.test_set)
+    assert val and dm.val_set is not dm.test_set
+    assert not val & test and not val & train and not train & test
+    paper = make(
+        class_path,
+        tmp_path / "again" if class_path.endswith("DigitsDataModule") else tmp_path,
+        val_split="test",
+    )
+    paper.setup()
+    assert paper.val_set is paper.test_set  # the papers' protocol, by name
+    assert _keys(paper.train_set) >= train  # trains on every training image (holdout: minus the val part)
+    official = make(class_path, tmp_path, val_split="official")
+    if class_path in OFFICIAL_VAL:
+        official.setup()
+        o_train, o_val = _keys(official.train_set), _keys(official.val_set)
+        assert o_val and not o_val & o_train and not o_val & _keys(official.test_set)
+        assert o_train | o_val == _keys(paper.train_set)  # the shipped halves of the training images
+    else:
+        with pytest.raises(DataConfigError, match="ships no"):
+            official.setup()
+
+
+def test_holdout_is_seeded_stratified_and_sized_by_val_fraction():
+    a, b = DigitsDataModule(split_ratios=(0.8, 0.2)), DigitsDataModule(split_ratios=(0.8, 0.2))
+    c = DigitsDataModule(split_ratios=(0.8, 0.2), val_fraction=0.25)
+    d = DigitsDataModule(split_ratios=(0.8, 0.2), split_seed=5)
+    for dm in (a, b, c, d):
+        dm.setup()
+    n_train = 1797 - round(0.2 * 1797)  # 1,438 training images, 144 held out by default
+    assert a.split_sizes() == {"train": n_train - 144, "val": 144, "test": 359}
+    assert torch.equal(a.val_set.images, b.val_set.images)  # seeded
+    assert not torch.equal(a.val_set.images, d.val_set.images)
+    assert c.split_sizes()["val"] == round(0.25 * n_train)
+    assert torch.equal(a.test_set.images, c.test_set.images)  # val_fraction leaves test alone
+    counts = torch.bincount(a.val_set.labels, minlength=10)
+    assert counts.max() - counts.min() <= 1  # stratified: 14-15 a class
+
+
+def test_val_fraction_refused_where_it_does_nothing(tmp_path):
+    with pytest.raises(DataConfigError, match="val_fraction"):
+        DigitsDataModule(val_fraction=1.5)
+    with pytest.raises(DataConfigError, match="val_split"):
+        DigitsDataModule(val_split="train")  # type: ignore[arg-type]
+    with pytest.raises(DataConfigError, match="val_fraction=0.2 has no effect"):
+        DigitsDataModule(val_fraction=0.2).setup()  # three ratios: the middle part is the validation split
+    with pytest.raises(DataConfigError, match="val_fraction=0.2 has no effect"):
+        DigitsDataModule(split_ratios=(0.8, 0.2), val_fraction=0.2, val_split="test").setup()
+
+
+def _empty_class_tree(root: Path, counts: dict[str, int]) -> Path:
+    """Class folders of empty ``.jpg`` files: the split is decided by listing files, never by decoding."""
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            (root / name / f"{i:05d}.jpg").touch()
+    return root
+
+
+FLOWER_PHOTOS_COUNTS = {"daisy": 633, "dandelion": 898, "roses": 641, "sunflowers": 699, "tulips": 799}
+
+
+def test_flowers5_fft_split_is_exactly_table_one(tmp_path):
+    """FFT Table I: 2,204 train / 734 test on the 3,670 flower_photos images (+ 732 validation)."""
+    _empty_class_tree(tmp_path / "flower_photos", FLOWER_PHOTOS_COUNTS)
+    dm = Flowers5DataModule(root=str(tmp_path), **FAST)
+    dm.setup()
+    assert dm.split_sizes() == {"train": 2204, "val": 732, "test": 734}
+    train, val, test = _keys(dm.train_set), _keys(dm.val_set), _keys(dm.test_set)
+    assert not (train & val or train & test or val & test) and len(train | val | test) == 3670
+    assert np.bincount(dm.train_set.targets).tolist() == [380, 539, 385, 420, 480]  # ceil(0.6 n_c)
+    assert np.bincount(dm.test_set.targets).sum() == 734 and np.bincount(dm.test_set.targets).min() >= 126
+    paper = Flowers5DataModule(root=str(tmp_path), **FAST, val_split="test")
+    paper.setup()
+    assert paper.split_sizes() == {"train": 2204, "val": 734, "test": 734}
+    assert _keys(paper.train_set) == train and _keys(paper.test_set) == test
+    other = Flowers5DataModule(root=str(tmp_path), **FAST, split_seed=1)
+    other.setup()
+    assert other.split_sizes() == dm.split_sizes() and _keys(other.test_set) != test
+
+
+# the MSF-CA ceramic set: 1,548 images in 24 classes, per-class counts not published; we assume
+# 21 classes of 65 images and 3 of 61 (floor(0.7 * 65) = 45, floor(0.7 * 61) = 42: 1,071 train / 477 test)
+CERAMIC_COUNTS = {f"cup{i:02d}": 65 if i < 21 else 61 for i in range(24)}
+
+
+def test_msfca_per_class_split_gives_477_test_images(tmp_path):
+    root = _empty_class_tree(tmp_path / "ceramic", CERAMIC_COUNTS)
+    assert sum(CERAMIC_COUNTS.values()) == 1548
+    dm = ImageFolderDataModule(root=str(root), split="per_class", split_ratios=(0.7, 0.3), **FAST)
+    dm.setup()
+    assert len(dm.train_set) + len(dm.val_set) == 1071 and len(dm.test_set) == 477
+    assert dm.split_sizes() == {"train": 964, "val": 107, "test": 477}  # default: 10 % of train validates
+    assert np.bincount(dm.test_set.targets).tolist() == [20] * 21 + [19] * 3
+    paper = ImageFolderDataModule(
+        root=str(root), split="per_class", split_ratios=(0.7, 0.3), val_split="test", **FAST
+    )
+    paper.setup()
+    assert paper.split_sizes() == {"train": 1071, "val": 477, "test": 477}
+    assert _keys(paper.test_set) == _keys(dm.test_set)
+    ratio = ImageFolderDataModule(
+        root=str(root), split="ratio", split_ratios=(0.7, 0.3), val_split="test", **FAST
+    )
+    ratio.setup()
+    assert len(ratio.test_set) == 464  # the global stratified split does not give the paper's 477
+
+
+def test_tensor_cache_honours_the_validation_split(tmp_path):
+    from datamodules.tensor_cache import TensorCacheDataModule
+
+    inner = make("datamodules.CIFAR10DataModule", tmp_path / "data")
+    dm = TensorCacheDataModule(inner, device="cpu", cache_dir=str(tmp_path / "tcache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm.prepare_data()
+        dm.setup("fit")
+    assert dm.split_sizes() == {"train": 18, "val": 2, "test": 6}
+    assert torch.equal(dm.tensors["val"][1], inner.val_set.labels)
+    assert dm.cache_files["val"] != dm.cache_files["test"]
+    paper = TensorCacheDataModule(
+        make("datamodules.CIFAR10DataModule", tmp_path / "data", val_split="test"),
+        device="cpu",
+        cache_dir=str(tmp_path / "tcache"),
+    )
+    paper.prepare_data()
+    paper.setup("fit")
+    assert paper.split_sizes() == {"train": 20, "val": 6, "test": 6}
+    assert paper.cache_files["val"] == paper.cache_files["test"]

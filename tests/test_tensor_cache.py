@@ -17,12 +17,14 @@ from tests.dataset_fixtures import build_dataset_fixture
 
 @pytest.fixture
 def cifar_args(tmp_path: Path) -> dict:
-    return build_dataset_fixture("datamodules.CIFAR10DataModule", tmp_path / "cifar")  # 20 train, 6 test
+    # val_split: test (val = test, one cache file); tests/test_datamodules.py checks the held-out split
+    return {**build_dataset_fixture("datamodules.CIFAR10DataModule", tmp_path / "cifar"), "val_split": "test"}
 
 
 @pytest.fixture
 def folder_args(tmp_path: Path) -> dict:
-    return build_dataset_fixture("datamodules.ImageFolderDataModule", tmp_path / "folder")  # 3 x 8 JPEGs
+    folder = build_dataset_fixture("datamodules.ImageFolderDataModule", tmp_path / "folder")  # 3 x 8 JPEGs
+    return {**folder, "val_split": "test"}
 
 
 def cached(inner, tmp_path: Path, **kwargs) -> TensorCacheDataModule:
@@ -358,7 +360,7 @@ class Seen(L.Callback):
 
 
 if __name__ == "__main__":
-    dm = TensorCacheDataModule(CIFAR10DataModule(root={data!r}, batch_size=5, num_workers=0),
+    dm = TensorCacheDataModule(CIFAR10DataModule(root={data!r}, batch_size=5, num_workers=0, val_split="test"),
                                cache_dir={cache!r})
     model = ClassificationTask(backbone="resnet18", num_classes=10, optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = ROOT / "experiments"
 
@@ -284,8 +283,8 @@ def _datamodule_attr(datamodule: Any, name: str) -> Any:
 
 def normalization_of(datamodule: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The ``(mean, std)`` a datamodule normalises with (ImageNet statistics when it does not say)."""
-    mean = _datamodule_attr(datamodule, "mean") or IMAGENET_MEAN
-    std = _datamodule_attr(datamodule, "std") or IMAGENET_STD
+    mean = _datamodule_attr(datamodule, "mean") or IMAGENET_DEFAULT_MEAN
+    std = _datamodule_attr(datamodule, "std") or IMAGENET_DEFAULT_STD
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
