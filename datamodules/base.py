@@ -3,8 +3,22 @@
 Every dataset module subclasses :class:`ClassificationDataModule` and implements two things:
 
 * ``_check_layout()``: raise :class:`DatasetLayoutError` when the on-disk layout is not the official one;
-* ``_build_datasets()``: return the ``(train, val, test)`` datasets (val and test may be the same object
-  where the paper's protocol has only a train/test split).
+* ``_build_parts()``: return the dataset's :class:`SplitParts`: its training images (the training set of
+  the papers' protocol), its test images and, where the dataset has them, a validation part its own split
+  already holds out and the dataset's shipped (train, val) split.
+
+**Validation split** (one design for every datamodule, resolved here by :meth:`_build_datasets`):
+``val_split`` chooses where the validation images come from:
+
+* ``holdout`` (default): a seeded, stratified ``val_fraction`` (default 0.1) of the training images
+  (``sklearn.model_selection.train_test_split(stratify=..., random_state=split_seed)``), disjoint from
+  train and test; the model trains on the rest. Where the dataset's split already holds out a validation
+  part (a three-part ``split_ratios``, the Flowers-5 FFT split, ``train/ val/ test/`` folders) that part is
+  the validation split and ``val_fraction`` is not used.
+* ``official``: the dataset's shipped validation split (FGVC-Aircraft ``train``/``val``, Flowers-102
+  ``trnid``/``valid``, ``train/``/``val/`` folders); refused for datasets that ship none.
+* ``test``: the papers' own protocol, validation = test (checkpoint selection then sees the test set);
+  the model trains on all training images.
 
 ``num_classes`` (and ``class_names`` where it is known without reading the disk) is set in ``__init__``:
 LightningCLI links ``data.num_classes`` into the model right after the datamodule is instantiated, so a
@@ -23,6 +37,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -252,6 +267,110 @@ def stratified_split(
     return [sorted(int(i) for i in part) for part in parts]
 
 
+def holdout_split(
+    labels: Sequence[int], fraction: float, seed: int, dataset: str = "dataset"
+) -> tuple[list[int], list[int]]:
+    """Seeded, stratified ``(train, val)`` indices: ``round(fraction * n)`` (at least 1) samples for val.
+
+    ``sklearn.model_selection.train_test_split(stratify=labels, random_state=seed)``. Where stratification is
+    impossible (a class with a single image, or fewer validation images than classes: tiny datasets), the
+    split is the same seeded split without stratification, with one warning saying so.
+    """
+    from sklearn.model_selection import train_test_split
+
+    n = len(labels)
+    n_val = max(1, round(fraction * n))
+    if n - n_val < 1:
+        raise DataConfigError(
+            f"{dataset}: cannot hold out val_fraction={fraction} of {n} training image(s) for validation and "
+            "keep any for training; use val_split: test (the papers' protocol) or more data"
+        )
+    indices = np.arange(n)
+    try:
+        train, val = train_test_split(
+            indices, test_size=n_val, stratify=np.asarray(labels), random_state=seed
+        )
+    except ValueError as err:
+        warnings.warn(
+            f"{dataset}: validation split of {n_val} of {n} training images is not stratified "
+            f"({str(err).split('. ')[0]})",
+            stacklevel=2,
+        )
+        train, val = train_test_split(indices, test_size=n_val, random_state=seed)
+    return sorted(int(i) for i in train), sorted(int(i) for i in val)
+
+
+def per_class_split(
+    labels: Sequence[int], ratios: Sequence[float], seed: int, dataset: str = "dataset"
+) -> list[list[int]]:
+    """Seeded split of every class on its own: ``floor(ratio * n_c)`` images of class ``c`` per leading part.
+
+    With ``(0.7, 0.3)`` each class gives ``floor(0.7 n_c)`` training images and the rest to test (the
+    MSF-CA reading: 1,071 / 477 of 1,548 images); with ``(train, val, test)`` also ``floor(val * n_c)``
+    validation images. Each class is shuffled with ``train_test_split(random_state=seed)``.
+
+    Returns:
+        One sorted list of indices per ratio.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if (
+        len(ratios) not in (2, 3)
+        or any(r <= 0 for r in ratios)
+        or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6)
+    ):
+        raise DataConfigError(
+            f"{dataset}: split_ratios must be 2 or 3 positive fractions summing to 1, got {list(ratios)}"
+        )
+    labels_arr = np.asarray(labels)
+    parts: list[list[int]] = [[] for _ in ratios]
+    for label in np.unique(labels_arr):
+        members = np.flatnonzero(labels_arr == label)
+        sizes = [math.floor(r * len(members) + 1e-9) for r in ratios[:-1]]
+        if min(sizes) < 1 or sum(sizes) >= len(members):
+            raise DataConfigError(
+                f"{dataset}: class {int(label)} has {len(members)} image(s): too few for a per-class split "
+                f"{list(ratios)} (every part needs at least one image of every class)"
+            )
+        rest = members
+        for k, size in enumerate(sizes):
+            taken, rest = train_test_split(rest, train_size=size, random_state=seed)
+            parts[k] += taken.tolist()
+        parts[-1] += rest.tolist()
+    return [sorted(int(i) for i in part) for part in parts]
+
+
+def subset_dataset(ds: Dataset, indices: Sequence[int], transform: Callable[[Any], Any] | None) -> Dataset:
+    """Samples ``indices`` of an :class:`ImageListDataset` / :class:`TensorImageDataset`, new transform."""
+    if isinstance(ds, ImageListDataset):
+        return ImageListDataset([ds.samples[i] for i in indices], transform)
+    if isinstance(ds, TensorImageDataset):
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return TensorImageDataset(ds.images[idx], ds.labels[idx], transform)
+    raise TypeError(
+        f"cannot take a subset of a {type(ds).__name__} (ImageListDataset/TensorImageDataset only)"
+    )
+
+
+@dataclass
+class SplitParts:
+    """What a dataset module builds; :meth:`ClassificationDataModule._build_datasets` picks train/val/test.
+
+    Attributes:
+        train: the training images of the dataset's standard protocol (train transform).
+        test: the test images (eval transform).
+        val: a validation part the dataset's own split already holds out, disjoint from ``train`` and
+            ``test`` (eval transform); ``val_split: holdout`` uses it instead of carving ``val_fraction``.
+        official: the dataset's shipped ``(train, val)`` split of its training images (``val_split:
+            official``); ``None`` when it ships none.
+    """
+
+    train: Dataset
+    test: Dataset
+    val: Dataset | None = None
+    official: tuple[Dataset, Dataset] | None = None
+
+
 def find_class_folders(directory: Path, dataset: str, layout: str = "", url: str = "") -> list[str]:
     """Sorted names of the class sub-folders of ``directory`` (hidden folders ignored).
 
@@ -322,6 +441,11 @@ class ClassificationDataModule(L.LightningDataModule):
         download: download the data if missing (only datasets torchvision can download; never in tests).
         on_bad_image: ``error`` raises :class:`BadImageError` naming an undecodable file when it is loaded;
             ``skip`` decodes every file once at setup, drops the bad ones and warns once with their count.
+        val_split: where the validation images come from: ``holdout`` (a seeded, stratified
+            ``val_fraction`` of the training images), ``official`` (the dataset's shipped validation split)
+            or ``test`` (the papers' protocol: validation = test). See the module docstring.
+        val_fraction: share of the training images held out for validation with ``val_split: holdout``.
+        split_seed: seed of every random split (the validation holdout and the ratio splits).
     """
 
     dataset_name: ClassVar[str] = "dataset"
@@ -353,6 +477,9 @@ class ClassificationDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         download: bool = False,
         on_bad_image: OnBadImage = "error",
+        val_split: ValSplit = "holdout",
+        val_fraction: float = DEFAULT_VAL_FRACTION,
+        split_seed: int = 0,
     ) -> None:
         super().__init__()
         # Every constructor argument of the whole subclass chain, stored in checkpoints
@@ -375,6 +502,10 @@ class ClassificationDataModule(L.LightningDataModule):
                 raise DataConfigError(f"{name} is a probability in [0, 1], got {p}")
         if on_bad_image not in ("error", "skip"):
             raise DataConfigError(f"on_bad_image must be error|skip, got {on_bad_image!r}")
+        if val_split not in VAL_SPLITS:
+            raise DataConfigError(f"val_split must be {'|'.join(VAL_SPLITS)}, got {val_split!r}")
+        if not 0 < val_fraction < 1:
+            raise DataConfigError(f"val_fraction is a fraction in (0, 1), got {val_fraction}")
         if download and self.torchvision_download is None:
             raise DataConfigError(
                 f"{self.dataset_name}: download: true is not supported (torchvision cannot fetch this dataset); "
@@ -402,6 +533,9 @@ class ClassificationDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.download = download
         self.on_bad_image = on_bad_image
+        self.val_split = val_split
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
         self.num_classes: int = 0
         self.class_names: list[str] | None = None
         self.train_set: Dataset | None = None
@@ -453,9 +587,43 @@ class ClassificationDataModule(L.LightningDataModule):
     def _check_layout(self) -> None:
         """Raise :class:`DatasetLayoutError` if the files are not where they should be."""
 
-    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
-        """Return ``(train, val, test)`` datasets with ``self.train_transform`` / ``self.eval_transform``."""
+    def _build_parts(self) -> SplitParts:
+        """Return the dataset's :class:`SplitParts` (``self.train_transform`` / ``self.eval_transform``)."""
         raise NotImplementedError
+
+    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        """The ``(train, val, test)`` datasets: :meth:`_build_parts` resolved by ``val_split``."""
+        parts = self._build_parts()
+        name = self.dataset_name
+        if self.val_split == "test":
+            self._refuse_val_fraction("val_split: test (validation = test)")
+            return parts.train, parts.test, parts.test
+        if self.val_split == "official":
+            if parts.official is None:
+                raise DataConfigError(
+                    f"{name}: val_split: official, but this dataset (in this configuration) ships no "
+                    "validation split; use val_split: holdout (val_fraction of the training images) or "
+                    "val_split: test (the papers' protocol)"
+                )
+            self._refuse_val_fraction("val_split: official")
+            return parts.official[0], parts.official[1], parts.test
+        if parts.val is not None:
+            self._refuse_val_fraction("a split that already holds out a validation part")
+            return parts.train, parts.val, parts.test
+        labels = parts.train.targets  # type: ignore[attr-defined]
+        train_idx, val_idx = holdout_split(labels, self.val_fraction, self.split_seed, name)
+        return (
+            subset_dataset(parts.train, train_idx, self.train_transform),
+            subset_dataset(parts.train, val_idx, self.eval_transform),
+            parts.test,
+        )
+
+    def _refuse_val_fraction(self, why: str) -> None:
+        if not math.isclose(self.val_fraction, DEFAULT_VAL_FRACTION):
+            raise DataConfigError(
+                f"{self.dataset_name}: val_fraction={self.val_fraction} has no effect with {why}; remove it "
+                "(it only sizes the validation split that val_split: holdout carves from the training images)"
+            )
 
     def layout_error(self, missing: str | os.PathLike[str], detail: str = "") -> DatasetLayoutError:
         """A :class:`DatasetLayoutError` for this dataset (name, expected layout, homepage filled in)."""
