@@ -49,6 +49,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from datamodules.file_walk import walk_files
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 )
@@ -391,14 +393,18 @@ def list_images(directory: Path, dataset: str, recursive: bool = True) -> list[s
     Raises:
         DatasetLayoutError: the folder holds no image file (an empty class folder).
     """
-    # os.walk / os.scandir read the file type from the directory entry: no stat() per file, which matters on
-    # ImageNet-sized folders and network file systems. Symlinked folders are followed (as torchvision does).
+    # os.scandir reads the file type from the directory entry: no stat() per file, which matters on
+    # ImageNet-sized folders and network file systems. Symlinked folders are followed (as torchvision does),
+    # each folder once (a link loop is not recursed into); a dangling link to an image is an error now.
     if recursive:
-        found = (
-            os.path.join(dirpath, name)
-            for dirpath, _, names in os.walk(directory, followlinks=True)
-            for name in names
-        )
+        found, dangling = walk_files(directory)
+        dangling = [p for p in dangling if is_image_file(p)]
+        if dangling:
+            raise DatasetLayoutError(
+                dataset,
+                Path(dangling[0]),
+                detail=f"{len(dangling)} dangling symlink(s) (target missing; fix or delete them), the first",
+            )
     else:
         with os.scandir(directory) as entries:
             found = [entry.path for entry in entries if entry.is_file()]

@@ -18,7 +18,8 @@ beside ``test/`` is the validation split; otherwise ``holdout`` carves ``val_fra
 images; ``test`` is the papers' protocol (validation = test).
 
 ``root`` may also be a ``.zip`` archive (e.g. ``../shared/data/cifar10-mini.zip``): it is extracted once into
-``cache_dir`` (default ``$PAPERBENCH_CACHE/<zip name>/``, else ``~/.cache/paperbench/<zip name>/``),
+``cache_dir`` (default ``$PAPERBENCH_CACHE/<zip name>-<hash>/``, else ``~/.cache/paperbench/...``; the hash
+covers the archive's resolved path and its central directory, so different archives never share a folder),
 extracting into a temporary folder and then renaming it, so concurrent processes never see half an archive;
 it is re-extracted only when the archive's size or modification time changes. Inside the extracted archive,
 single wrapping folders are descended automatically (``cifar10/train/<class>/`` is found for ``split: ratio``;
@@ -31,6 +32,7 @@ disk (an explicit value must match).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -51,6 +53,7 @@ from datamodules.base import (
     per_class_split,
     stratified_split,
 )
+from datamodules.file_walk import files_in_several_classes
 
 _IGNORED_DIRS = {"__MACOSX"}
 
@@ -116,6 +119,23 @@ def extract_zip(archive: Path, cache_dir: Path) -> Path:
     return cache_dir
 
 
+def cache_key(archive: Path) -> str:
+    """``<stem>-<hash>``: the hash of the archive's resolved path and content identity.
+
+    The content identity is the archive's central directory (every member's name, CRC-32 and size; read
+    without extracting), so two different ``train.zip`` archives never share a cache folder, and a
+    replaced archive at the same path gets a new one (a job still reading the old extraction keeps it).
+    """
+    digest = hashlib.sha256(str(archive.resolve()).encode())
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                digest.update(f"{info.filename}\0{info.CRC}\0{info.file_size}\n".encode())
+    except zipfile.BadZipFile as err:
+        raise DatasetLayoutError("ImageFolder", archive, detail=f"not a valid zip archive ({err})") from None
+    return f"{archive.stem}-{digest.hexdigest()[:16]}"
+
+
 def default_cache_root() -> Path:
     """``$PAPERBENCH_CACHE`` if set, else ``~/.cache/paperbench``."""
     return Path(os.path.expanduser(os.environ.get("PAPERBENCH_CACHE", "~/.cache/paperbench")))
@@ -143,8 +163,8 @@ class ImageFolderDataModule(ClassificationDataModule):
             that does not match the folders is an error).
         split: ``ratio``, ``per_class`` or ``folders`` (see the module docstring).
         split_ratios: ``[train, test]`` or ``[train, val, test]`` fractions (``ratio`` / ``per_class``).
-        cache_dir: where a ``.zip`` root is extracted (default ``$PAPERBENCH_CACHE/<zip name>/``, and
-            ``~/.cache/paperbench/<zip name>/`` when that variable is unset).
+        cache_dir: where a ``.zip`` root is extracted (default ``$PAPERBENCH_CACHE/<zip name>-<hash>/``, and
+            ``~/.cache/paperbench/<zip name>-<hash>/`` when that variable is unset; see :func:`cache_key`).
         **kwargs: the remaining :class:`~datamodules.base.ClassificationDataModule` arguments.
     """
 
@@ -172,7 +192,8 @@ class ImageFolderDataModule(ClassificationDataModule):
             archive = Path(self.root)
             if not archive.is_file():
                 raise self.layout_error(archive, "zip archive not found")
-            cache = Path(os.path.expanduser(cache_dir)) if cache_dir else default_cache_root() / archive.stem
+            default = default_cache_root() / cache_key(archive)
+            cache = Path(os.path.expanduser(cache_dir)) if cache_dir else default
             self.root = str(descend_wrappers(extract_zip(archive, cache), split))
         self.num_classes = self._discover_num_classes(num_classes)
 
@@ -227,7 +248,17 @@ class ImageFolderDataModule(ClassificationDataModule):
                 self.expected_layout,
                 detail=f"class folder(s) {unknown[:5]} not present in {self._class_dir}",
             )
-        return [(path, index[c]) for c in found for path in list_images(directory / c, self.dataset_name)]
+        samples = [(path, index[c]) for c in found for path in list_images(directory / c, self.dataset_name)]
+        clashes = files_in_several_classes(samples)
+        if clashes:  # e.g. a symlink alpha/loop -> .. : every file of beta would be an alpha image as well
+            real, paths = next(iter(clashes.items()))
+            raise DatasetLayoutError(
+                self.dataset_name,
+                directory,
+                detail=f"{len(clashes)} file(s) appear under more than one class folder (symlinks?), e.g. {real} "
+                f"as {' and '.join(paths[:3])}; each image must be in exactly one class folder of",
+            )
+        return samples
 
     def _split_indices(self, labels: list[int]) -> list[list[int]]:
         """Index lists ``[train, test]`` or ``[train, val, test]`` of the ``ratio`` / ``per_class`` splits."""

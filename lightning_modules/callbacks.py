@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,18 +14,58 @@ from lightning.pytorch.loggers import WandbLogger
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
-    """Save ``config.yaml`` in the run folder *and* send the full resolved config to every logger.
+    """Save ``config.yaml`` in the command's record folder *and* send the resolved config to every logger.
 
-    W&B gets it as the run config (nested, so runs can be filtered and grouped by any key, e.g.
-    ``model.init_args.backbone``); other loggers get it through ``log_hyperparams``. Runs on rank 0 only
-    (no collectives here, as Lightning requires).
+    ``fit`` records into the run folder; an evaluation into its own ``<run>/eval/<sub>-<ckpt>/`` (so the
+    fit's ``config.yaml`` keeps saying how the model was trained); ``fast_dev_run`` records nothing
+    (``record_dir=None``). The saved file names the run (``name`` and the root folder, not the run folder),
+    so ``--config runs/X/config.yaml`` means run ``runs/X`` again. W&B gets the config as the run config
+    (nested, so runs can be filtered and grouped by any key, e.g. ``model.init_args.backbone``); other
+    loggers get it through ``log_hyperparams``. Runs on rank 0 only (no collectives here, as Lightning
+    requires). A fit's new W&B id is written to ``<run>/wandb_id`` here, i.e. only once the fit starts.
+
+    Args:
+        record_dir: folder of ``config.yaml`` (``None``: write no file).
+        run_root: ``trainer.default_root_dir`` as the user gave it (written into the saved config).
+        run_name: the run's name (written as ``name``).
+        wandb_id: a new fit's W&B id to write into ``<run>/wandb_id``.
+        config_to_save: the config as the user gave it (default: the one Lightning passes, which holds the
+            folders and ids the CLI filled in; a reused file would then log into this record again).
     """
 
+    def __init__(
+        self,
+        *args: Any,
+        record_dir: str | None = None,
+        run_root: str | None = None,
+        run_name: str | None = None,
+        wandb_id: str | None = None,
+        config_to_save: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs["save_to_log_dir"] = False
+        super().__init__(*args, **kwargs)
+        self.record_dir, self.run_root, self.run_name = record_dir, run_root, run_name
+        self.wandb_id, self.config_to_save = wandb_id, config_to_save
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        config = self.parser.dump(self.config, skip_none=False, format="yaml")
         import yaml
 
-        as_dict = yaml.safe_load(config)
+        config = (self.config_to_save if self.config_to_save is not None else self.config).clone()
+        if self.run_root is not None:
+            config.trainer.default_root_dir = self.run_root
+            config.name = self.run_name
+        if self.record_dir is not None:
+            if stage == "fit":
+                config.ckpt_path = None  # reusing the file starts the same run, it does not resume
+            os.makedirs(self.record_dir, exist_ok=True)
+            self.parser.save(
+                config, os.path.join(self.record_dir, "config.yaml"), skip_none=False, overwrite=True
+            )
+            if self.wandb_id and stage == "fit":
+                with open(os.path.join(trainer.default_root_dir, "wandb_id"), "w") as f:
+                    f.write(self.wandb_id)
+        as_dict = yaml.safe_load(self.parser.dump(config, skip_none=False, format="yaml"))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(as_dict, allow_val_change=True)
@@ -61,7 +103,11 @@ class FiniteLossGuard(Callback):
         # before backward and the optimiser step: the weights are still the last good ones
         if trainer.global_step % self.check_every_n_steps or bool(torch.isfinite(loss.detach()).all()):
             return
-        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+        saved = [
+            getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
+            for cb in trainer.checkpoint_callbacks
+        ]
+        ckpt = next((p for p in saved if p), "none saved yet")
         raise NonFiniteLossError(
             f"training loss is {loss.item()} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
             f"batch {self._batch_idx}). Stopped before the update and before saving; last good checkpoint: "

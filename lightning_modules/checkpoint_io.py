@@ -10,6 +10,20 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
+def current_umask() -> int:
+    """The process umask, read from /proc where possible (``os.umask`` can only be read by setting it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a temporary file in the target folder, fsync it, then ``os.replace`` it into place.
 
@@ -17,7 +31,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     lives next to the target (Lightning's default goes through fsspec, which stages local files in the
     system temp folder and moves them across devices non-atomically). Loading uses ``weights_only=True``
     first and falls back to a full unpickle only for checkpoints that store non-tensor objects (Lightning
-    callbacks' states), which are this project's own files.
+    callbacks' states), which are this project's own files. The file gets the permissions a plain
+    ``open()`` would give it (``0666`` minus the umask), not ``mkstemp``'s ``0600``.
     """
 
     def save_checkpoint(
@@ -28,6 +43,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
         try:
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would respect umask
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()

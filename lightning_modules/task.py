@@ -17,6 +17,7 @@ from torchmetrics import MaxMetric, MeanMetric
 
 import backbones  # noqa: F401 - registers the papers' models with timm
 from backbones.pretrained import load_pretrained
+from lightning_modules.hub import require_hub_weights
 from lightning_modules.losses.base import TaskLoss, compute_loss
 from lightning_modules.metrics import build_metrics
 
@@ -38,7 +39,21 @@ def create_backbone(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
             f"unknown backbone '{name}'.{hint} Any name from timm.list_models() works, plus this project's "
             "models (python -c \"import backbones, timm; print(timm.list_models(module='acanet'))\")."
         )
+    if kwargs.get("pretrained") is True:
+        require_hub_weights(name)  # fail fast offline instead of timm's download retries
     return timm.create_model(name, num_classes=num_classes, **kwargs)
+
+
+class TaskConfigError(ValueError):
+    """An argument of the task is out of range."""
+
+    user_error = True
+
+
+class NonFiniteValidationError(FloatingPointError):
+    """Validation produced a NaN/inf loss (stopped instead of being silently ranked last)."""
+
+    user_error = True
 
 
 class CheckpointMismatchError(ValueError):
@@ -102,6 +117,8 @@ class ClassificationTask(LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise TaskConfigError(f"label_smoothing is a fraction in [0, 1), got {label_smoothing}")
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
         self.backbone = create_backbone(
             backbone, num_classes, pretrained=pretrained is True, **(backbone_kwargs or {})
@@ -210,6 +227,14 @@ class ClassificationTask(LightningModule):
         values["val/loss"] = self.val_loss.compute()
         self.val_metrics.reset()
         self.val_loss.reset()
+        if not bool(torch.isfinite(values["val/loss"])):
+            # ModelCheckpoint would count a NaN as -inf and carry on: the run would look fine and learn nothing
+            raise NonFiniteValidationError(
+                f"validation loss is {values['val/loss'].item()} at epoch {self.current_epoch}: the model gives "
+                "non-finite outputs on the validation images. Usual causes: an input size too small for the "
+                "model (its feature maps shrink to nothing; raise data.init_args.image_size), a diverged model "
+                "(lower the learning rate), or broken images."
+            )
         if not self.trainer.sanity_checking:
             self.val_acc1_best.update(values["val/acc1"])
             values["val/acc1_best"] = self.val_acc1_best.compute()
@@ -222,6 +247,9 @@ class ClassificationTask(LightningModule):
         values["test/loss"] = self.test_loss.compute()
         self.test_metrics.reset()
         self.test_loss.reset()
+        prefix = getattr(self, "test_key_prefix", "test")  # test/last, test/best after fit (the CLI)
+        if prefix != "test":
+            values = {prefix + key[len("test") :]: value for key, value in values.items()}
         self.log_dict(values, sync_dist=True)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

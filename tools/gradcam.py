@@ -12,7 +12,8 @@ such as ``trunk.layer1 trunk.layer4``):
 
 The class explained is the predicted one (``--target pred``) or the true label (``--target true``).
 
-Outputs under ``--out`` (default ``analysis/gradcam/<name>``): ``<i>_<layer>.png`` overlays at the input
+Outputs under ``--out`` (default ``<run>/analysis/gradcam/`` for a checkpoint of a run folder, else
+``analysis/gradcam/<name>``): ``<i>_<layer>.png`` overlays at the input
 resolution, and ``gradcam_grid.png`` (rows: images; columns: input, one column per layer). With
 ``--wandb-project`` the PNGs are also logged to W&B.
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_modules.run_folder import tool_output_dir
 from tools.common import (
     ToolError,
     add_model_args,
@@ -210,7 +212,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("-n", "--num-images", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=None, help="default: the YAML's, else 224")
     parser.add_argument("--target", default="pred", choices=["pred", "true"], help="class to explain")
-    parser.add_argument("--out", default=None, help="output folder (default analysis/gradcam/<name>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: <run>/analysis/gradcam for a run's checkpoint, else ./analysis/...)",
+    )
     parser.add_argument("--wandb-project", default=None, help="also log the PNGs to this W&B project")
     args = parser.parse_args(argv)
 
@@ -233,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         return f"true {true} / pred {pred}"
 
     mean, std = normalization_of(loaded.datamodule)
-    out = args.out or f"analysis/gradcam/{loaded.name}"
+    out = args.out or tool_output_dir(args.ckpt_path, "gradcam", loaded.name)
     files = save_gradcam(images, cams, mean, std, out, [label(i) for i in range(len(images))])
     print(f"Grad-CAM layers: {layers}; wrote {len(files)} PNG files to {out}")
     run = wandb_run(args.wandb_project, f"gradcam-{loaded.name}", "gradcam")

@@ -83,6 +83,8 @@ def read_metrics_csv(path: Path) -> dict[str, float]:
                         values[key] = float(value)
                     except ValueError:
                         continue
+                    if key == "epoch":  # test rows log the tested checkpoint's epoch: keep the furthest too
+                        values["epoch_max"] = max(values.get("epoch_max", 0.0), values[key])
     return values
 
 
@@ -317,6 +319,16 @@ def metric_value(run: Run, metric: str) -> tuple[float | None, str]:
     return None, ""
 
 
+def run_progress(run: Run) -> str:
+    """``"<epochs run>/<max_epochs>"`` for a run that stopped before its ``trainer.max_epochs``, else ``""``."""
+    max_epochs = ((run.config or {}).get("trainer") or {}).get("max_epochs")
+    epoch = run.metrics.get("epoch_max", run.metrics.get("epoch"))
+    if not isinstance(max_epochs, int) or max_epochs < 1 or epoch is None or math.isnan(epoch):
+        return ""
+    done = int(epoch) + 1  # Lightning logs the 0-based epoch of every row
+    return f"{done}/{max_epochs}" if done < max_epochs else ""
+
+
 @dataclass
 class Cell:
     """One published figure and ours."""
@@ -331,6 +343,7 @@ class Cell:
     run: str = ""
     experiment: str = ""
     note: str = ""
+    unfinished: str = ""  # "epochs run/max_epochs" when the run stopped before max_epochs
 
     def delta(self) -> str:
         try:
@@ -397,6 +410,7 @@ def build_cells(
             value, origin = metric_value(run, metric)
             if value is not None:
                 cell.ours, cell.origin, cell.run = f"{value:.2f}", origin, str(run.path)
+                cell.unfinished = run_progress(run)
         cells.append(cell)
     return cells
 
@@ -457,6 +471,8 @@ def to_markdown(cells: list[Cell], paper: str) -> str:
                 ours = c.ours or "-"
                 if c.origin == "val":
                     ours += " (val)"
+                if c.unfinished:
+                    ours += f" (unfinished: {c.unfinished} epochs)"
                 cells_txt.append(f"{c.published or 'n/a'} / {ours}")
             out.append("| " + " | ".join(cells_txt) + " |")
         notes = sorted({c.note for c in group if c.note})
@@ -485,6 +501,7 @@ def write_csv(cells: list[Cell], path: str | os.PathLike) -> None:
                 "experiment",
                 "run",
                 "note",
+                "unfinished",
             ]
         )
         for c in cells:
@@ -501,6 +518,7 @@ def write_csv(cells: list[Cell], path: str | os.PathLike) -> None:
                     c.experiment,
                     c.run,
                     c.note,
+                    c.unfinished,
                 ]
             )
 

@@ -4,7 +4,8 @@ Features are ``forward_head(forward_features(x), pre_logits=True)`` (the pooled 
 sees, timm convention) for the first ``--num-samples`` images of the chosen split; the 2-D embedding is
 ``sklearn.manifold.TSNE(init="pca", random_state=--seed)`` with perplexity ``min(--perplexity, (n-1)/3)``.
 
-Outputs under ``--out`` (default ``analysis/tsne/<name>``): ``tsne.png`` (``--size`` x ``--size`` pixels)
+Outputs under ``--out`` (default ``<run>/analysis/tsne/`` for a checkpoint of a run folder, else
+``analysis/tsne/<name>``): ``tsne.png`` (``--size`` x ``--size`` pixels)
 and ``tsne.npz`` (``embedding`` (n, 2), ``features`` (n, D), ``labels`` (n,)).
 
 Example::
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_modules.run_folder import tool_output_dir
 from tools.common import (
     ToolError,
     add_model_args,
@@ -108,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--perplexity", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=800, help="PNG side in pixels")
-    parser.add_argument("--out", default=None, help="output folder (default analysis/tsne/<name>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: <run>/analysis/tsne for a run's checkpoint, else ./analysis/...)",
+    )
     parser.add_argument("--wandb-project", default=None, help="also log the PNG to this W&B project")
     args = parser.parse_args(argv)
 
@@ -121,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         loader, classes = datamodule_loader(loaded.datamodule, args.split)
     features, labels = penultimate_features(loaded.network.eval(), loader, args.num_samples)
     embedding = embed(features.numpy(), args.perplexity, args.seed)
-    out = Path(args.out or f"analysis/tsne/{loaded.name}")
+    out = Path(args.out or tool_output_dir(args.ckpt_path, "tsne", loaded.name))
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "tsne": plot_embedding(embedding, labels.numpy(), out / "tsne.png", classes, args.size, loaded.name)
