@@ -57,6 +57,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 
 TrainCrop = Literal["random_resized", "random", "center", "resize"]
 OnBadImage = Literal["error", "skip"]
+ValSplit = Literal["holdout", "official", "test"]
+VAL_SPLITS: tuple[str, ...] = ("holdout", "official", "test")
+#: default ``val_fraction``: the share of the training images held out for validation
+DEFAULT_VAL_FRACTION = 0.1
 
 
 class DataConfigError(ValueError):
