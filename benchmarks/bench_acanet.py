@@ -25,12 +25,12 @@ from collections.abc import Callable
 import timm
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import backbones  # noqa: F401 - registers acanet18
 from backbones.acanet import ACANet
 from backbones.layers.fcsa import FCSA, effective_window, fcsa_unfold_reference
 from benchmarks.harness import median_ms
+from lightning_modules.complexity import count_macs, count_params
 
 
 def saved_activation_bytes(fn: Callable[[], Tensor]) -> int:
@@ -128,10 +128,7 @@ def fcsa_window_macs(model: nn.Module, x: Tensor) -> int:
 
 
 def macs(model: nn.Module, x: Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(x)
-    return counter.get_total_flops() // 2 + fcsa_window_macs(model, x)
+    return count_macs(model, x) + fcsa_window_macs(model, x)
 
 
 def bench_fusion(device: torch.device, batch: int, reps: int, num_classes: int = 200) -> list[str]:
@@ -160,8 +157,7 @@ def bench_fusion(device: torch.device, batch: int, reps: int, num_classes: int =
             for name, model in models.items():
                 times[name].append(median_ms(lambda m=model: m(x), device, runs=1, warmup=0))
     results = [
-        (name, min(times[name]), sum(p.numel() for p in model.parameters()), macs(model, x[:1]))
-        for name, model in models.items()
+        (name, min(times[name]), count_params(model), macs(model, x[:1])) for name, model in models.items()
     ]
     base = results[0][1]
     rows = [

@@ -17,23 +17,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-from collections.abc import Callable
 
 import timm
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import backbones  # noqa: F401 - registers the csnet models
 from backbones.csnet import CSNet
 from benchmarks.harness import median_ms
-
-
-def macs(fn: Callable[[], object]) -> float:
-    """Multiply-accumulates (G) of ``fn()``."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 2 / 1e9
+from lightning_modules.complexity import count_macs, count_params
 
 
 def cs_macs_analytic(model: CSNet, image_size: int) -> float:
@@ -92,10 +84,11 @@ def main() -> None:
     for name in args.models:
         model = timm.create_model(name, num_classes=200).to(device)
         one = torch.randn(1, 3, size, size, device=device)
-        total = macs(lambda m=model, x=one: m(x))
-        trunk = macs(
-            lambda m=model, x=one: m.trunk.forward_intermediates(x, indices=[4], intermediates_only=True)
+        total = count_macs(model, one) / 1e9
+        trunk = count_macs(
+            lambda x, m=model: m.trunk.forward_intermediates(x, indices=[4], intermediates_only=True), one
         )
+        trunk /= 1e9
         head = model.num_features * 200 / 1e9
         x = torch.randn(args.batch_size, 3, size, size, device=device)
         model.eval()
@@ -114,7 +107,7 @@ def main() -> None:
         train_ms = median_ms(step, device, args.runs, args.warmup) if args.runs else float("nan")
         model.eval()
         eval_ms = median_ms(infer, device, args.runs, args.warmup) if args.runs else float("nan")
-        params = sum(p.numel() for p in model.parameters()) / 1e6
+        params = count_params(model) / 1e6
         print(
             f"| {name} | {params:.2f} | {total:.2f} | {total - trunk - head:.3f} | "
             f"{cs_macs_analytic(model, size):.3f} | {eval_ms:.0f} | {train_ms:.0f} |"

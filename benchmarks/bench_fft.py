@@ -18,9 +18,9 @@ from collections.abc import Sequence
 
 import timm
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import backbones  # noqa: F401 - registers the FFT models
+from lightning_modules.complexity import count_macs, count_params
 
 PAPER_PARAMS_M = {"fft_tiny": 43, "fft_base": 266, "fft_large": 566}
 MODELS: dict[str, dict] = {
@@ -41,12 +41,7 @@ def complexity(name: str, image_size: int, num_classes: int) -> tuple[float, flo
     """(parameters in millions, GMACs per image) of ``name`` at ``image_size``."""
     with torch.device("meta"):
         model = timm.create_model(name, num_classes=num_classes, img_size=image_size, **MODELS.get(name, {}))
-        model.eval()
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(torch.empty(1, 3, image_size, image_size))
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    return params, counter.get_total_flops() / 2e9
+    return count_params(model) / 1e6, count_macs(model, image_size) / 1e9
 
 
 def throughput(

@@ -39,7 +39,6 @@ from benchmarks.harness import (
     bf16_peak_tflops,
     configure_threads,
     fmt,
-    forward_flops,
     interleaved,
     machine_info,
     markdown_table,
@@ -51,6 +50,7 @@ from benchmarks.harness import (
     train_step_flops,
     update_results,
 )
+from lightning_modules.complexity import count_macs, count_params
 
 BASELINES = ["resnet18", "resnet50"]
 PAPER_MODELS = ["acanet18", "msfca50", "fft_tiny", "fft_base", "csnet101", "tokenfusion_layer"]
@@ -84,7 +84,7 @@ def _meta_fwd_flops(name: str, size: int) -> int | None:
         with torch.device("meta"):
             model = timm.create_model(name, num_classes=NUM_CLASSES)
         model.eval()
-        return forward_flops(model, torch.empty(1, 3, size, size, device="meta"))
+        return 2 * count_macs(model, torch.empty(1, 3, size, size, device="meta"))
     except Exception:  # noqa: BLE001 - fall back to counting on a real model
         return None
 
@@ -190,11 +190,11 @@ def models_table(
         except Exception as err:  # noqa: BLE001 - report and go on with the other models
             rows.append([name, f"error: {type(err).__name__}: {str(err)[:80]}"] + ["-"] * 11)
             continue
-        params = sum(p.numel() for p in model_runner.model.parameters()) / 1e6
+        params = count_params(model_runner.model) / 1e6
         fwd = _meta_fwd_flops(name, s.size)
         if fwd is None:
             model_runner.model.eval()
-            fwd = forward_flops(model_runner.model, model_runner.x[:1])
+            fwd = 2 * count_macs(model_runner.model, model_runner.x[:1])
         flops_cache[(name, s.size)] = fwd
         is_baseline = name in RESNETS
         ref_name = name if is_baseline else matched_resnet(fwd, s.size, flops_cache)

@@ -18,9 +18,9 @@ import time
 import timm
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import backbones  # noqa: F401  (registers the models)
+from lightning_modules.complexity import count_macs, count_params
 
 ROWS: list[tuple[str, str, dict, float, float]] = [
     ("I/II Baseline", "msfca50_base", {}, 23.557, 4.109),
@@ -71,9 +71,7 @@ def thop_style_macs(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def flop_counter_macs(model: nn.Module, x: torch.Tensor) -> float:
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops() / 2 / 1e9
+    return count_macs(model, x) / 1e9
 
 
 def latency_ms(name: str, kwargs: dict, device: torch.device, batch: int, reps: int) -> float:
@@ -110,7 +108,7 @@ def main() -> None:
         with torch.device("meta"):
             model = timm.create_model(name, num_classes=24, **kwargs)
             x = torch.empty(1, 3, 224, 224)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
+        params = count_params(model) / 1e6
         macs = flop_counter_macs(model, x)
         thop = thop_style_macs(model, x)
         model_label = name + "".join(f" {k}={v}" for k, v in kwargs.items())

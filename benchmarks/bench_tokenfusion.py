@@ -20,24 +20,21 @@ import timm
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import backbones  # noqa: F401 - registers the models
 from backbones.tokenfusion import _VARIANTS
 from benchmarks.harness import median_ms
+from lightning_modules.complexity import count_params, macs_by_module
 
 
 def mac_breakdown(model: nn.Module, image_size: int) -> dict[str, float]:
     """MACs (G) of one meta-device forward, total and split by module (trunk, transformer blocks)."""
-    x = torch.empty(1, 3, image_size, image_size, device="meta")
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    per_module = counter.get_flop_counts()
-    total = counter.get_total_flops() / 2 / 1e9
+    per_module = macs_by_module(model, torch.empty(1, 3, image_size, image_size, device="meta"))
+    total = per_module["Global"] / 1e9
 
     def module_macs(names: list[str]) -> float:
         # each entry already holds its whole subtree, so only the listed (non-nested) names are summed
-        return sum(sum(per_module.get(n, {}).values()) for n in names) / 2 / 1e9
+        return sum(per_module.get(n, 0) for n in names) / 1e9
 
     # FlopCounterMode names modules by their path under the root class name. The trunk's stages are called
     # one by one (never ``trunk(x)``), so its top-level children are counted.
@@ -76,7 +73,7 @@ def main() -> None:
     for name in _VARIANTS:
         with torch.device("meta"):
             meta_model = timm.create_model(name, head=args.head)
-        params = sum(p.numel() for p in meta_model.parameters()) / 1e6
+        params = count_params(meta_model) / 1e6
         macs = mac_breakdown(meta_model, args.image_size)
         row = (
             f"| {name} | {params:.1f} | {macs['total']:.2f} | {macs['trunk']:.2f} | {macs['blocks']:.2f} "

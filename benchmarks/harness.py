@@ -150,13 +150,6 @@ def train_step_flops(model: nn.Module, x: Tensor, loss_fn: Callable[[Tensor], Te
     return int(counter.get_total_flops())
 
 
-def forward_flops(model: nn.Module, x: Tensor) -> int:
-    """FLOPs of one forward (MACs = FLOPs / 2, the papers' "FLOPs")."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return int(counter.get_total_flops())
-
-
 def _vm_hwm_bytes() -> int | None:
     try:
         text = Path("/proc/self/status").read_text()

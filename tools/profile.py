@@ -14,7 +14,7 @@ Conventions (printed with every table):
 Examples::
 
     python -m tools.profile --model resnet50 --num-classes 1000
-    python -m tools.profile --config experiments/msfca50_ceramic.yaml --device cuda --batch-size 32
+    python -m tools.profile --config experiments/msfca/msfca50_ceramic.yaml --device cuda --batch-size 32
     python -m tools.profile --config experiments/a.yaml --config experiments/b.yaml --csv complexity.csv
 """
 
@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_modules.complexity import count_macs, count_params
 from tools.common import Loaded, ToolError, load_network, run_main
 
 CONVENTION = (
@@ -53,24 +53,6 @@ class ProfileRow:
     latency_ms: float | None
     device: str
     dtype: str
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters of ``model`` (trainable or not)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, inputs: torch.Tensor) -> float:
-    """Multiply-accumulates of ``model(inputs)``: FlopCounterMode's FLOPs divided by 2."""
-    counter = FlopCounterMode(display=False)
-    was_training = model.training
-    model.eval()  # inference graph (batch-norm statistics, no dropout), as the papers count it
-    try:
-        with torch.no_grad(), counter:
-            model(inputs)
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops() / 2.0
 
 
 def measure_latency(
@@ -119,7 +101,7 @@ def profile_network(
     size = int(image_size or loaded.image_size or 224)
     model = loaded.network.eval()
     params = count_params(model)
-    macs = count_macs(model, torch.randn(1, 3, size, size))
+    macs = float(count_macs(model, size))
     latency = None
     if runs > 0:
         if device == "cuda" and not torch.cuda.is_available():
