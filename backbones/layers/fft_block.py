@@ -11,10 +11,14 @@ Choices the paper leaves open, and what we do:
   ``nn.Unfold``, which "extracts sliding local blocks"): the finer stream's tokens are laid back on their
   2-D grid, ``nn.Unfold`` with a ``K x K`` kernel extracts, for every token of the coarser stream, the
   ``K x K`` block of finer tokens around it, ``Vec`` flattens the block to ``K*K*c`` numbers and a
-  ``Linear(K*K*c, c')`` projects it. ``Vec(unfold(X)) W + b`` is exactly a ``Conv2d(c, c', K)`` on the
-  token grid, which is how :class:`StreamFusion` computes it (no ``K*K``-fold copy of the tokens; a test
-  checks the equality against ``F.unfold`` + ``Linear``). The stride is the ratio of the two grids and the
-  zero padding keeps one output per coarser token. ``K`` is not given; ``K = 8`` (64 flattened tokens) is
+  ``Linear(K*K*c, c')`` projects it. ``Vec(unfold(X)) W + b`` is the linear map of a ``Conv2d(c, c', K)``
+  on the token grid, and the projection is stored as that conv's weight (``proj.weight``, ``(c', c, K, K)``).
+  It is *computed* as one matrix product of the unfolded blocks with the weight viewed as
+  ``(c', c*K*K)`` (:class:`_BlockLinear`, which keeps only the padded token grid for backward, not the
+  ``K*K``-fold unfold): on an 8x8 grid the conv's kernel is as large as its input, and the conv path spent
+  most of its time reordering the 8x8 weight (and its gradient) into the convolution library's layout. Tests
+  check the equality against ``F.unfold`` + ``Linear`` and the conv. The stride is the ratio of the two
+  grids and the zero padding keeps one output per coarser token. ``K`` is not given; ``K = 8`` (64 flattened tokens) is
   the only kernel that brings all three variants of Table II within 10% of their parameter counts
   (``K = 7`` gives 224 M for Base, ``K = 9`` 325 M, against 266 M); see :mod:`backbones.fft`.
 * **Which layer's Inner tokens** Eq. 9 fuses: it writes ``X_{l-1}`` (the Inner input of layer l). Read
@@ -136,13 +140,66 @@ def _fusion_geometry(src: int, dst: int, kernel: int) -> tuple[int, int, int]:
     return stride, total // 2, total - total // 2
 
 
+def _blocks(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+    """Rows ``Vec`` of every ``K x K`` block of the padded grid ``x`` (B, c, H, W): ``(B*h'*w', c*K*K)``.
+
+    Row order ``(b, i, j)`` (token order of the coarser stream), column order ``(c, ky, kx)`` (the order of
+    ``nn.Unfold`` and of a conv weight flattened from dim 1). The strided window view is copied once.
+    """
+    (kh, kw), (sh, sw), (h2, w2) = kernel, stride, out_hw
+    win = x.unfold(2, kh, sh).unfold(3, kw, sw)[:, :, :h2, :w2]  # (B, c, h', w', K, K), a view
+    return win.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
+
+
+class _BlockLinear(torch.autograd.Function):
+    """``out[b, i] = Vec(block_i(x_b)) @ W.flatten(1).T + bias`` as one matmul; saves ``x`` and ``W`` only.
+
+    Forward: the blocks are copied out of the padded grid and multiplied with the weight viewed as
+    ``(c', c*K*K)`` (no copy of the weight). Backward recomputes the blocks (a copy, no FLOPs) for the weight
+    gradient and folds the blocks' gradient back onto the grid (``F.fold``, the adjoint of the unfold), so
+    activation memory is the padded grid, as with the conv, instead of the ``K*K``-fold unfold.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, weight: Tensor, bias: Tensor, stride: tuple[int, int], out_hw: tuple[int, int]
+    ):  # type: ignore[override]
+        kernel = (weight.shape[2], weight.shape[3])
+        out = torch.addmm(bias, _blocks(x, kernel, stride, out_hw), weight.flatten(1).t())
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.out_hw = stride, out_hw
+        return out.view(x.shape[0], out_hw[0] * out_hw[1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        (sh, sw), (h2, w2) = ctx.stride, ctx.out_hw
+        kernel = (weight.shape[2], weight.shape[3])
+        g = grad.reshape(-1, weight.shape[0]).to(weight.dtype)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            gb = (g @ weight.flatten(1)).view(x.shape[0], h2, w2, -1)  # (B, h', w', c*K*K)
+            oh = (x.shape[2] - kernel[0]) // sh + 1
+            ow = (x.shape[3] - kernel[1]) // sw + 1
+            if (oh, ow) != (h2, w2):  # blocks cropped in forward get a zero gradient
+                gb = F.pad(gb, (0, 0, 0, ow - w2, 0, oh - h2))
+            gb = gb.flatten(1, 2).transpose(1, 2)  # (B, c*K*K, oh*ow), F.fold's layout
+            grad_x = F.fold(gb, (x.shape[2], x.shape[3]), kernel, stride=(sh, sw)).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (g.t() @ _blocks(x, kernel, (sh, sw), (h2, w2))).view_as(weight)
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b, None, None
+
+
 class StreamFusion(nn.Module):
     """Eq. 9 / 15: ``Y^i += Vec(unfold_K(X))^i W + b`` for every token i of the coarser stream.
 
     The finer stream's tokens ``(B, h*w, c)`` are put back on their ``h x w`` grid; around each of the
     ``h' x w'`` positions of the coarser grid a ``K x K`` block of finer tokens (zero padded at the border)
-    is flattened and projected to ``c'``. Implemented as a ``Conv2d(c, c', K)`` with stride ``h // h'``,
-    which is the same linear map as ``nn.Unfold(K)`` followed by ``nn.Linear(K*K*c, c')``.
+    is flattened and projected to ``c'``. The parameters are those of a ``Conv2d(c, c', K)`` with stride
+    ``h // h'`` (the same linear map as ``nn.Unfold(K)`` followed by ``nn.Linear(K*K*c, c')``); the product
+    runs as one matmul of the unfolded blocks (see the module docstring).
 
     Args:
         src_dim: width c of the finer stream.
@@ -162,6 +219,21 @@ class StreamFusion(nn.Module):
 
     def forward(self, src: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
         """Project ``src`` tokens ``(B, h*w, c)`` on grid ``src_grid`` to ``(B, h'*w', c')`` on ``dst_grid``."""
+        b, n, c = src.shape
+        (h, w), (h2, w2) = src_grid, dst_grid
+        x = self.norm(src).transpose(1, 2).reshape(b, c, h, w)
+        sh, top, bottom = _fusion_geometry(h, h2, self.kernel_size)
+        sw, left, right = _fusion_geometry(w, w2, self.kernel_size)
+        x = F.pad(x, (left, right, top, bottom))
+        weight, bias = self.proj.weight, self.proj.bias
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):  # what autocast does for F.linear, done before the Function
+            dtype = torch.get_autocast_dtype(dev)
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        return _BlockLinear.apply(x, weight, bias, (sh, sw), (h2, w2))
+
+    def forward_conv(self, src: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
+        """The same map as a ``K x K`` convolution (the former formulation; reference for tests/benchmarks)."""
         b, n, c = src.shape
         (h, w), (h2, w2) = src_grid, dst_grid
         x = self.norm(src).transpose(1, 2).reshape(b, c, h, w)
