@@ -563,7 +563,7 @@ def test_report_on_two_finished_runs(tmp_path, capsys):
     assert (mc.ours, mc.origin, mc.experiment) == ("41.00", "val", "resnet18_cub_mcloss")
     assert by_key[("2", "ResNet 18 + CE Loss", "cub")].ours == ""  # the MC-Loss run must not match CE
     assert by_key[("3", "ACANet + CE Loss", "cub")].ours == "51.23"
-    assert "| ACANet + CE Loss | 52.73 / 51.23 |" in out and "41.00 (val)" in out
+    assert "| ACANet + CE Loss | 52.73 / 51.23 (test) |" in out and "41.00 (val)" in out
     with open(tmp_path / "acanet.csv") as f:
         rows = {(r["table"], r["row"], r["dataset"]): r for r in csv.DictReader(f)}
     assert rows[("2", "ACANet + CE Loss", "cub")]["delta"] == "-1.50"

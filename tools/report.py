@@ -309,14 +309,40 @@ def assign_experiments(runs: list[Run], known: set[str], experiments_dir: Path) 
 
 
 # ------------------------------------------------------------------------------------------- values
-def metric_value(run: Run, metric: str) -> tuple[float | None, str]:
-    """Our value of ``metric`` for a run, and where it came from (``test`` or ``val``)."""
-    m = run.metrics
-    for key, origin in ((f"test/{metric}", "test"), (f"val/{metric}_best", "val"), (f"val/{metric}", "val")):
-        if key in m and not math.isnan(m[key]):
-            value = m[key]
-            return (value * 100.0 if metric in PERCENT and value <= 1.0 else value), origin
-    return None, ""
+def run_source(run: Run) -> str:
+    """The one source of a run's ``best`` column: ``best`` (``test/best/*``), ``test`` (``test/*`` of a
+    ``main.py test`` run), ``val_best`` (``val/*_best``) or ``val`` (the last epoch's ``val/*``)."""
+    keys = list(run.metrics)
+    if any(k.startswith("test/best/") for k in keys):
+        return "best"
+    if any(k.startswith("test/") and not k.startswith("test/last/") for k in keys):
+        return "test"
+    if any(k.startswith("val/") and k.endswith("_best") for k in keys):
+        return "val_best"
+    return "val"
+
+
+_SOURCE_KEY = {
+    "best": "test/best/{}",
+    "last": "test/last/{}",
+    "test": "test/{}",
+    "val_best": "val/{}_best",
+    "val": "val/{}",
+}
+
+
+def metric_value(run: Run, metric: str, checkpoint: str = "best") -> tuple[float | None, str]:
+    """Our value of ``metric`` for a run, and its origin (``best``, ``last``, ``test`` or ``val``).
+
+    ``checkpoint="last"`` reads ``test/last/<metric>`` only; ``"best"`` reads the run's one
+    :func:`run_source` (never a different checkpoint per metric).
+    """
+    source = "last" if checkpoint == "last" else run_source(run)
+    value = run.metrics.get(_SOURCE_KEY[source].format(metric))
+    if value is None or math.isnan(value):
+        return None, ""
+    origin = "val" if source.startswith("val") else source
+    return (value * 100.0 if metric in PERCENT and value <= 1.0 else value), origin
 
 
 def run_progress(run: Run) -> str:
@@ -338,8 +364,9 @@ class Cell:
     dataset: str
     metric: str
     published: str
-    ours: str = ""
+    ours: str = ""  # the best-validation checkpoint (or the run's one other source: see ``origin``)
     origin: str = ""
+    ours_last: str = ""  # the last checkpoint (``test/last/<metric>``)
     run: str = ""
     experiment: str = ""
     note: str = ""
@@ -411,6 +438,9 @@ def build_cells(
             if value is not None:
                 cell.ours, cell.origin, cell.run = f"{value:.2f}", origin, str(run.path)
                 cell.unfinished = run_progress(run)
+            last, _ = metric_value(run, metric, "last")
+            if last is not None:
+                cell.ours_last, cell.run = f"{last:.2f}", str(run.path)
         cells.append(cell)
     return cells
 
@@ -448,29 +478,38 @@ def _fill_complexity(
 
 # ------------------------------------------------------------------------------------------- output
 def to_markdown(cells: list[Cell], paper: str) -> str:
-    """One markdown table per paper table: rows x (dataset, metric) with paper / ours columns."""
+    """One markdown table per paper table: rows x (dataset, metric, checkpoint), paper / ours columns.
+
+    Every (dataset, metric) has an ``ours: best`` column (the best-validation checkpoint, or the run's one
+    marked other source) and, where any run logged ``test/last/*``, an ``ours: last`` column beside it.
+    """
     out = [f"# {PAPERS.get(paper, paper)}", ""]
     tables: dict[str, list[Cell]] = defaultdict(list)
     for cell in cells:
         tables[cell.table].append(cell)
     for table, group in tables.items():
-        columns = list(dict.fromkeys((c.dataset, c.metric) for c in group))
+        with_last = {(c.dataset, c.metric) for c in group if c.ours_last}
+        columns = [
+            (d, m, ckpt)
+            for d, m in dict.fromkeys((c.dataset, c.metric) for c in group)
+            for ckpt in (("best", "last") if (d, m) in with_last else ("best",))
+        ]
         rows = list(dict.fromkeys(c.row for c in group))
         lookup = {(c.row, c.dataset, c.metric): c for c in group}
         header = ["row"] + [
-            f"{d} {m} (paper / ours)" if d != "-" else f"{m} (paper / ours)" for d, m in columns
+            (f"{d} {m}" if d != "-" else m) + f" (paper / ours: {ckpt})" for d, m, ckpt in columns
         ]
         out += [f"## Table {table}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for row in rows:
             cells_txt = [row]
-            for d, m in columns:
+            for d, m, ckpt in columns:
                 c = lookup.get((row, d, m))
                 if c is None:
                     cells_txt.append("")
                     continue
-                ours = c.ours or "-"
-                if c.origin == "val":
-                    ours += " (val)"
+                ours = (c.ours_last if ckpt == "last" else c.ours) or "-"
+                if ckpt == "best" and c.ours and c.origin in ("val", "test"):
+                    ours += f" ({c.origin})"
                 if c.unfinished:
                     ours += f" (unfinished: {c.unfinished} epochs)"
                 cells_txt.append(f"{c.published or 'n/a'} / {ours}")
@@ -498,6 +537,7 @@ def write_csv(cells: list[Cell], path: str | os.PathLike) -> None:
                 "ours",
                 "delta",
                 "origin",
+                "ours_last",
                 "experiment",
                 "run",
                 "note",
@@ -515,6 +555,7 @@ def write_csv(cells: list[Cell], path: str | os.PathLike) -> None:
                     c.ours,
                     c.delta(),
                     c.origin,
+                    c.ours_last,
                     c.experiment,
                     c.run,
                     c.note,
