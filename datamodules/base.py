@@ -47,6 +47,7 @@ import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
 from datamodules.file_walk import walk_files
@@ -731,11 +732,15 @@ class ClassificationDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before requesting a dataloader")
         workers = self.num_workers
-        return DataLoader(
+        # training: torchdata's StatefulDataLoader (a DataLoader that Lightning checkpoints and fast-forwards),
+        # so a run stopped mid-epoch (SIGTERM, SLURM requeue) resumes at the batch it stopped at
+        loader_cls = StatefulDataLoader if train else DataLoader
+        return loader_cls(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            sampler=None if train else _eval_sampler(dataset),
+            sampler=self._train_sampler(dataset) if train else _eval_sampler(dataset),
+            # the loader's own generator: building and fast-forwarding it draws nothing from the global RNG
+            generator=torch.Generator().manual_seed(torch.initial_seed()) if train else None,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
@@ -743,6 +748,25 @@ class ClassificationDataModule(L.LightningDataModule):
             # only when there is at least one full batch to keep.
             drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
         )
+
+    def _train_sampler(self, dataset: Dataset) -> Sampler:
+        """A permutation that depends only on the run's seed and the epoch (sharded under DDP).
+
+        Stateless, so a run resumed mid-epoch (SIGTERM, SLURM requeue) replays the interrupted epoch's order
+        and the StatefulDataLoader skips the batches already trained on. The epoch is set here, not only by
+        Lightning's ``set_epoch`` at the epoch start, because the resumed loader is iterated before that.
+        """
+        from torch.utils.data import DistributedSampler
+
+        world, rank = 1, 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=torch.initial_seed() % 2**62
+        )
+        # the epoch Lightning passes to set_epoch (after a restore, trainer.current_epoch still lags behind)
+        sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0)
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (Lightning adds a DistributedSampler under DDP)."""
