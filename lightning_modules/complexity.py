@@ -3,7 +3,8 @@
 MACs are ``torch.utils.flop_counter.FlopCounterMode``'s FLOPs / 2 over one forward in eval mode without
 gradients. FlopCounterMode counts convolutions, matmuls and attention (2 FLOPs per multiply-add), not
 element-wise ops, norms or pooling: the thop/ptflops convention the papers report (ResNet-50 at 224 px:
-4.09 G). Models on the ``meta`` device are counted without memory or initialisation time.
+4.09 G). ``scaled_dot_product_attention`` runs on its math backend while counting: FlopCounterMode has no
+formula for the fused CPU kernel and would count such attention as zero. Models on the ``meta`` device are counted without memory or initialisation time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_macs", "count_params", "macs_by_module"]
@@ -41,7 +43,7 @@ def _counted(
     if isinstance(model, nn.Module):
         model.eval()  # inference graph (batch-norm statistics, no dropout), as the papers count it
     try:
-        with torch.no_grad(), counter:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
             model(x)
     finally:
         if isinstance(model, nn.Module) and was_training is not None:
