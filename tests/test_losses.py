@@ -234,10 +234,21 @@ def test_coco_hand_value() -> None:
     expected = sum(ce([alpha * cosine(xi, ck) for ck in c], y) for xi, y in zip(x, target)) / 2
     loss = COCOLoss(alpha=alpha)
     loss.bind(2, 3)
-    set_param(loss, "centers", c)
+    set_param(loss, "weight", c)
     assert loss({"embeddings": torch.tensor(x)}, torch.tensor(target))["loss"].item() == pytest.approx(
         expected, rel=1e-5
     )
+    # COCO is CosFace's normalised classifier with s = alpha and no margin
+    cosface = CosFaceLoss(s=alpha, m=0.0)
+    cosface.bind(2, 3)
+    cosface.load_state_dict(loss.state_dict())
+    out = cosface({"embeddings": torch.tensor(x)}, torch.tensor(target))["loss"]
+    assert out.item() == pytest.approx(expected, rel=1e-5)
+    # a checkpoint written when the centroids were called "centers" still loads
+    legacy = COCOLoss(alpha=alpha)
+    legacy.bind(2, 3)
+    legacy.load_state_dict({"centers": torch.tensor(c)})
+    assert legacy.centers.tolist() == c
 
 
 def test_lgm_hand_value() -> None:
@@ -416,7 +427,7 @@ def test_mcloss_600_channel_cub_shape() -> None:
 OWNING = {
     "asoftmax": (ASoftmaxLoss, "weight"),
     "cosface": (CosFaceLoss, "weight"),
-    "coco": (COCOLoss, "centers"),
+    "coco": (COCOLoss, "weight"),
     "lgm": (LGMLoss, "means"),
     "center_learned": (lambda: CenterLoss(alpha=None), "centers"),
 }
