@@ -11,6 +11,9 @@ such as ``trunk.layer1 trunk.layer4``):
   transformer's token outputs ``(B, N, C)`` are reshaped to a square grid (leading class tokens dropped).
 
 The class explained is the predicted one (``--target pred``) or the true label (``--target true``).
+The images are ``--num-images`` seeded random images of the split spread across classes (``--seed``; the
+MSF-CA paper shows five random test images), not the first ones of a class-sorted loader: see
+:func:`sample_across_classes`.
 
 Outputs under ``--out`` (default ``<run>/analysis/gradcam/`` for a checkpoint of a run folder, else
 ``analysis/gradcam/<name>``): ``<i>_<layer>.png`` overlays at the input
@@ -191,13 +194,40 @@ def save_gradcam(
     return files
 
 
+def sample_across_classes(targets: Sequence[int], n: int, seed: int) -> list[int]:
+    """``n`` seeded random sample indices spread across classes (dataset order is class-sorted in most sets).
+
+    Classes are visited in a seeded random order, one random image of each in turn, so ``n`` images come from
+    ``min(n, classes)`` different classes. The same targets, ``n`` and ``seed`` give the same indices.
+    """
+    rng = np.random.default_rng(seed)
+    targets_arr = np.asarray(targets)
+    pools = [
+        list(rng.permutation(np.flatnonzero(targets_arr == c)))
+        for c in rng.permutation(np.unique(targets_arr))
+    ]
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(targets_arr)):
+        for pool in pools:
+            if pool and len(chosen) < n:
+                chosen.append(int(pool.pop()))
+    return chosen
+
+
 def load_images(args: argparse.Namespace, loaded, image_size: int) -> tuple[Tensor, Tensor, list[str] | None]:
-    """``(images, labels, class names)``: the first ``args.num_images`` of the chosen source."""
+    """``(images, labels, class names)``: ``args.num_images`` seeded random images across classes."""
+    from torch.utils.data import DataLoader, Subset
+
     mean, std = normalization_of(loaded.datamodule)
     if args.image_folder:
         loader, classes = image_folder_loader(args.image_folder, image_size, args.num_images, mean, std)
     else:
         loader, classes = datamodule_loader(loaded.datamodule, args.split)
+    dataset = getattr(loader, "dataset", None)
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and len(targets):
+        picked = sample_across_classes(list(targets), args.num_images, args.seed)
+        loader = DataLoader(Subset(dataset, picked), batch_size=len(picked), shuffle=False, num_workers=0)
     batches = list(iterate_images(loader, args.num_images))
     if not batches:
         raise ToolError("no images found in the chosen data source")
@@ -210,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     add_model_args(parser)
     parser.add_argument("--layers", nargs="+", default=None, help="module names (default: shallow + deep)")
     parser.add_argument("-n", "--num-images", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random images (across classes)")
     parser.add_argument("--image-size", type=int, default=None, help="default: the YAML's, else 224")
     parser.add_argument("--target", default="pred", choices=["pred", "true"], help="class to explain")
     parser.add_argument(
