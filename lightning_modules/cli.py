@@ -268,11 +268,17 @@ def print_config_with_paths(parser: Any, config: Any) -> None:
         record = eval_record_dir(run_dir, subcommand, ckpt)
         lines.append(f"# this {subcommand}'s record: {record}")
     cfg.trainer.default_root_dir = str(run_dir)
-    for lg in _iter_logger_cfgs(cfg):
-        save_dir = lg.init_args.get("save_dir") or record
-        kind = str(lg.get("class_path", "")).rsplit(".", 1)[-1]
-        where = {"WandbLogger": "wandb/", "CSVLogger": "logs/metrics.csv", "TensorBoardLogger": "logs/"}
-        lines.append(f"# logger {kind}: {Path(save_dir) / where.get(kind, '')}")
+    kinds = [str(lg.get("class_path", "")).rsplit(".", 1)[-1] for lg in _iter_logger_cfgs(cfg)]
+    configure_loggers(cfg, record, name, resuming=bool(ckpt), subcommand=subcommand or "fit")
+    for kind, lg in zip(kinds, _iter_logger_cfgs(cfg)):
+        args = lg.init_args
+        if kind == "WandbLogger":
+            where = Path(args.save_dir) / "wandb"
+        elif kind == "CSVLogger":
+            where = Path(args.save_dir) / args.get("name", "logs") / "metrics.csv"
+        else:
+            where = Path(args.get("save_dir") or record)
+        lines.append(f"# logger {kind}: {where}")
     sub_parser = parser._subcommands_action._name_parser_map[subcommand] if subcommand else parser
     cfg.trainer.default_root_dir, cfg.name = str(root), name
     print("\n".join(lines))
@@ -648,6 +654,10 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PaperCLI:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["fit"]:  # SIGTERM / SLURM's SIGUSR1 from the first second on (see signals.py)
+        from lightning_modules.signals import install_early_handlers
+
+        install_early_handlers()
     try:
         cli_main()
     except Exception as err:  # noqa: BLE001

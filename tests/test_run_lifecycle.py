@@ -339,6 +339,11 @@ def test_predict_writes_a_csv_for_a_folder_of_images(fitted, monkeypatch, capsys
     }
     assert all(0 <= float(r["prob_1"]) <= 1 and float(r["prob_1"]) >= float(r["prob_2"]) for r in rows)
 
+    code, _, err = run_main(monkeypatch, capsys, "predict", *_args(fitted, "--ckpt_path", ckpt))  # test split
+    assert code == 0, err
+    rows = list(csv.DictReader((out_file.parent.with_name("predict-last-v1") / "predictions.csv").open()))
+    assert len(rows) == 8 and all(r["label"] in [str(c) for c in range(10)] for r in rows)  # 1 batch of 8
+
 
 # ---------------------------------------------------------------------------------------------- messages
 def test_mistyped_yaml_key_is_one_message_with_close_keys_and_file(monkeypatch, capsys, tmp_path):
@@ -432,7 +437,8 @@ def test_nan_validation_is_one_message_not_silently_dropped(tmp_path):
 
     task = ClassificationTask(backbone="resnet10t", num_classes=10, loss=NaNInEval())
     trainer = Trainer(
-        max_steps=1,
+        max_epochs=1,
+        limit_train_batches=1,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
