@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 PYTEST  := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-slow bench lint clean-runs
+.PHONY: install demo test test-slow bench lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -29,9 +29,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     ``os.replace`` is atomic on POSIX and Windows within one file system, which is why the temporary file
     lives next to the target (Lightning's default goes through fsspec, which stages local files in the
-    system temp folder and moves them across devices non-atomically). Loading uses ``weights_only=True``
-    first and falls back to a full unpickle only for checkpoints that store non-tensor objects (Lightning
-    callbacks' states), which are this project's own files. The file gets the permissions a plain
+    system temp folder and moves them across devices non-atomically). Loading is ``TorchCheckpointIO``'s,
+    unchanged. The file gets the permissions a plain
     ``open()`` would give it (``0666`` minus the umask), not ``mkstemp``'s ``0600``.
     """
 

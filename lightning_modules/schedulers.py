@@ -1,7 +1,7 @@
 """Learning-rate schedules with linear warm-up, usable from YAML as ``lr_scheduler`` callables.
 
 Units are those of ``model.init_args.lr_scheduler_interval``: epochs by default, optimiser steps with
-``interval: step``. Both are closed-form ``LRScheduler`` subclasses, so they checkpoint and resume exactly.
+``interval: step``. Closed-form ``LRScheduler`` subclasses, so they checkpoint and resume exactly.
 
 Example (MSF-CA recipe: warm-up 1e-4 -> 1e-3 over 30 epochs, then cosine to 400)::
 
@@ -12,9 +12,7 @@ Example (MSF-CA recipe: warm-up 1e-4 -> 1e-3 over 30 epochs, then cosine to 400)
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections.abc import Sequence
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -61,35 +59,3 @@ class WarmupCosineLR(LRScheduler):
         progress = min(1.0, (t - self.warmup_epochs) / (self.max_epochs - self.warmup_epochs))
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         return [self.eta_min + (base - self.eta_min) * cosine for base in self.base_lrs]
-
-
-class WarmupMultiStepLR(LRScheduler):
-    """Optional linear warm-up, then the LR is multiplied by ``gamma`` at each milestone.
-
-    Args:
-        optimizer: wrapped optimiser.
-        milestones: interval indices at which to decay (e.g. ``[200, 400]`` for ACANet).
-        gamma: decay factor.
-        warmup_epochs: warm-up length (0 for none).
-        warmup_start_factor: LR multiplier at the first warm-up step.
-    """
-
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        milestones: Sequence[int],
-        gamma: float = 0.1,
-        warmup_epochs: int = 0,
-        warmup_start_factor: float = 0.0,
-        last_epoch: int = -1,
-    ) -> None:
-        self.milestones = sorted(milestones)
-        self.gamma, self.warmup_epochs, self.warmup_start_factor = gamma, warmup_epochs, warmup_start_factor
-        super().__init__(optimizer, last_epoch)
-
-    def get_lr(self) -> list[float]:
-        t = self.last_epoch
-        factor = self.gamma ** bisect.bisect_right(self.milestones, t)
-        if t < self.warmup_epochs:
-            factor *= _warmup_factor(t, self.warmup_epochs, self.warmup_start_factor)
-        return [base * factor for base in self.base_lrs]

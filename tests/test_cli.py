@@ -104,11 +104,14 @@ def test_run_folder_and_refusal_to_overwrite(monkeypatch, capsys, tmp_path):
     assert code == 0, err
 
 
-def test_experiment_name_is_the_config_stem():
-    class Cfg(dict):
-        def get(self, k, d=None):
-            return super().get(k, d)
+class Cfg(dict):
+    """A stand-in for a jsonargparse Namespace: ``cfg.get(key, default)`` only."""
 
+    def get(self, k, d=None):
+        return super().get(k, d)
+
+
+def test_experiment_name_is_the_config_stem():
     cfg = Cfg(config=[cli.BASE_CONFIG, Path("experiments/acanet18_cub_ce.yaml")])
     assert cli.experiment_name(cfg) == "acanet18_cub_ce"
     assert cli.experiment_name(Cfg(config=[cli.BASE_CONFIG])) == "default"
@@ -127,11 +130,6 @@ def test_slurm_requeue_is_not_refused(tmp_path):
     run_dir = tmp_path / "exp"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
-
-    class Cfg(dict):
-        def get(self, k, d=None):
-            return super().get(k, d)
-
     with pytest.raises(cli.RunExistsError):
         cli.refuse_to_overwrite(Cfg(), run_dir)
     (run_dir / "hpc_ckpt_1.ckpt").write_bytes(b"x")

@@ -14,7 +14,7 @@ from datamodules.digits import DigitsDataModule
 from lightning_modules import ClassificationTask
 from lightning_modules.losses.base import TaskLoss
 from lightning_modules.metrics import build_metrics
-from lightning_modules.schedulers import WarmupCosineLR, WarmupMultiStepLR
+from lightning_modules.schedulers import WarmupCosineLR
 from lightning_modules.task import UnknownModelError, create_backbone
 
 
@@ -75,22 +75,6 @@ def test_warmup_cosine_schedule_values():
     assert lrs[30] == pytest.approx(1e-3)  # ... to 1e-3 at epoch 30, then cosine
     assert lrs[215] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 185 / 370)))
     assert lrs[400] == pytest.approx(0.0, abs=1e-12)
-
-
-def test_warmup_multistep_schedule_values():
-    p = nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=0.1)
-    sched = WarmupMultiStepLR(opt, milestones=[200, 400], gamma=0.1)
-    lrs = []
-    for _ in range(600):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert (
-        lrs[199] == pytest.approx(0.1)
-        and lrs[200] == pytest.approx(0.01)
-        and lrs[599] == pytest.approx(0.001)
-    )
 
 
 def test_unknown_metric_name():
