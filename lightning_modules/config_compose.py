@@ -120,21 +120,37 @@ def expand_config_args(args: Sequence[str]) -> list[str]:
     return out
 
 
-def merge(into: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """A new dict: ``update`` merged into ``into`` as several ``--config`` files are merged.
+def _is_class(value: Any) -> bool:
+    """A ``{class_path, init_args}`` node (a class to instantiate), as opposed to a plain dict value."""
+    return isinstance(value, dict) and bool({"class_path", "init_args"} & value.keys())
 
-    Mappings merge key by key; lists and scalars replace; a mapping with a different ``class_path``
-    replaces the old one whole (its ``init_args`` belong to another class).
+
+def _merge_class(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    if "class_path" in new and new["class_path"] != old.get("class_path"):
+        return dict(new)  # another class: its init_args belong to it alone
+    out = dict(old)
+    for key, value in new.items():
+        if key in ("init_args", "dict_kwargs") and isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = merge(out[key], value, _top=False)
+        else:
+            out[key] = value
+    return out
+
+
+def merge(into: dict[str, Any], update: dict[str, Any], _top: bool = True) -> dict[str, Any]:
+    """A new dict: ``update`` merged into ``into`` as jsonargparse merges several ``--config`` files.
+
+    Sections (``trainer``, ``model``, ...) and classes (``class_path``/``init_args`` nodes) merge key by
+    key, a class node with another ``class_path`` replaces the old one whole; lists, scalars and plain dict
+    values (``backbone_kwargs``) replace.
     """
     out = dict(into)
     for key, value in update.items():
         old = out.get(key)
-        if (
-            isinstance(old, dict)
-            and isinstance(value, dict)
-            and ("class_path" not in value or value.get("class_path") == old.get("class_path"))
-        ):
-            out[key] = merge(old, value)
+        if isinstance(old, dict) and isinstance(value, dict) and (_is_class(value) or _is_class(old)):
+            out[key] = _merge_class(old, value)
+        elif isinstance(old, dict) and isinstance(value, dict) and _top:
+            out[key] = merge(old, value, _top=False)
         else:
             out[key] = value
     return out
@@ -149,3 +165,21 @@ def compose(*paths: str | os.PathLike) -> dict[str, Any]:
             data.pop(BASE_KEY, None)
             out = merge(out, data)
     return out
+
+
+def experiment_rows(experiments_dir: str | os.PathLike) -> dict[str, Path]:
+    """Every runnable experiment file under ``experiments_dir`` by its stem (the run name).
+
+    Rows are ``**/*.yaml`` except ``base.yaml`` and the ``_*.yaml`` files rows build on (recipes, datasets).
+    """
+    root = Path(experiments_dir)
+    rows: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.yaml")):
+        if path.name.startswith("_") or path.relative_to(root).as_posix() == "base.yaml":
+            continue
+        if path.stem in rows:
+            raise ConfigComposeError(
+                f"two experiment files share the run name '{path.stem}': {rows[path.stem]}, {path}"
+            )
+        rows[path.stem] = path
+    return rows

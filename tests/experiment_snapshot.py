@@ -4,13 +4,16 @@
 ``base.yaml`` and the ``_*.yaml`` recipe/dataset files), keyed by its path under ``experiments/`` without
 ``.yaml``:
 
-* ``stated``: base.yaml + the row's ``_base_`` chain + the row, merged as plain YAML dicts
-  (:func:`lightning_modules.config_compose.compose`);
-* ``resolved``: the configuration the project's CLI parser resolves for ``--config <row>`` (defaults of
-  every class included), as ``--print_config`` prints it, minus the volatile ``config`` key.
+* ``stated``: the row's ``_base_`` chain + the row, merged as plain YAML dicts
+  (:func:`lightning_modules.config_compose.compose`): what the experiment files state;
+* ``resolved``: the configuration the project's CLI parser resolves for ``--config <row>`` (base.yaml and
+  the defaults of every class included), as ``--print_config`` prints it, minus the volatile ``config`` key
+  and base.yaml's run infrastructure (``trainer.callbacks/plugins/logger``: other work edits base.yaml, and
+  tests/test_experiments.py checks separately that every row keeps base.yaml's callbacks).
 
-tests/test_experiments.py compares today's files with it: ``stated`` exactly, ``resolved`` restricted to
-the keys the snapshot holds (so a new argument with a default, e.g. a datamodule's new option, does not
+tests/test_experiments.py compares today's files with it: ``stated`` exactly (every row, pure YAML, fast),
+``resolved`` restricted to the keys the snapshot holds (one row per recipe/dataset chain in the default
+suite, every row in ``make test-slow`` and in this script) (so a new argument with a default, e.g. a datamodule's new option, does not
 break it, while a changed value or a vanished key does). Updating the snapshot is a deliberate act, for a
 change of a recipe made on purpose; review the diff of the JSON file before committing it::
 
@@ -30,18 +33,19 @@ from typing import Any
 
 import yaml
 
-from lightning_modules.config_compose import compose, expand_config_args
+from lightning_modules.config_compose import compose, expand_config_args, experiment_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 BASE = EXPERIMENTS / "base.yaml"
 SNAPSHOT = ROOT / "tests" / "snapshots" / "experiments_resolved.json"
 VOLATILE = ("config",)
+BASE_INFRASTRUCTURE = ("callbacks", "plugins", "logger")  # trainer keys only base.yaml states
 
 
 def row_files() -> list[Path]:
     """Every runnable experiment file (not base.yaml, not the ``_*.yaml`` files rows build on)."""
-    return sorted(p for p in EXPERIMENTS.rglob("*.yaml") if p != BASE and not p.name.startswith("_"))
+    return sorted(experiment_rows(EXPERIMENTS).values())
 
 
 def row_key(path: Path) -> str:
@@ -85,19 +89,23 @@ def make_parser() -> Any:
     return cli.parser
 
 
-def resolve(parser: Any, path: Path) -> dict[str, Any]:
+def resolve(parser: Any, path: Path, strip_base_infrastructure: bool = True) -> dict[str, Any]:
     """What the parser resolves for ``--config path``, as a plain dict (the ``--print_config`` dump)."""
     cfg = parser.parse_args(expand_config_args(["--config", str(path)]))
     dumped = yaml.safe_load(parser.dump(cfg, skip_unset=False))
     for key in VOLATILE:
         dumped.pop(key, None)
+    stated_trainer = compose(path).get("trainer") or {}
+    for key in BASE_INFRASTRUCTURE if strip_base_infrastructure else ():
+        if key not in stated_trainer:
+            dumped.get("trainer", {}).pop(key, None)
     return dumped
 
 
 def current() -> dict[str, dict[str, Any]]:
     """Today's ``{row: {stated, resolved}}`` for every row file."""
     parser = make_parser()
-    return {row_key(p): {"stated": compose(BASE, p), "resolved": resolve(parser, p)} for p in row_files()}
+    return {row_key(p): {"stated": compose(p), "resolved": resolve(parser, p)} for p in row_files()}
 
 
 def load() -> dict[str, dict[str, Any]]:
@@ -109,7 +117,7 @@ def write(data: dict[str, dict[str, Any]]) -> None:
     SNAPSHOT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def _diff(old: Any, new: Any, prefix: str, restricted: bool) -> Iterator[str]:
+def diff(old: Any, new: Any, prefix: str = "", restricted: bool = False) -> Iterator[str]:
     """Readable differences ``key: old -> new``; ``restricted``: keys only in ``new`` are not reported."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
@@ -120,7 +128,7 @@ def _diff(old: Any, new: Any, prefix: str, restricted: bool) -> Iterator[str]:
                 if not restricted:
                     yield f"{where}: (missing) -> {json.dumps(new[key])}"
             else:
-                yield from _diff(old[key], new[key], where, restricted)
+                yield from diff(old[key], new[key], where, restricted)
     elif old != new:
         yield f"{prefix}: {json.dumps(old)} -> {json.dumps(new)}"
 
@@ -131,8 +139,8 @@ def differences(snapshot: dict, now: dict) -> list[str]:
     lines += [f"{row}: new row file not in the snapshot" for row in sorted(set(now) - set(snapshot))]
     for row in sorted(set(snapshot) & set(now)):
         old, new = snapshot[row], now[row]
-        lines += [f"{row} [stated] {d}" for d in _diff(old["stated"], new["stated"], "", False)]
-        lines += [f"{row} [resolved] {d}" for d in _diff(old["resolved"], new["resolved"], "", True)]
+        lines += [f"{row} [stated] {d}" for d in diff(old["stated"], new["stated"])]
+        lines += [f"{row} [resolved] {d}" for d in diff(old["resolved"], new["resolved"], restricted=True)]
     return lines
 
 

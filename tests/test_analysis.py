@@ -576,11 +576,11 @@ def test_report_wilcoxon_cells_from_predictions(tmp_path):
     base_logits = torch.randn(96, 24, generator=gen) + 1.0 * nn.functional.one_hot(labels, 24)
     pa_logits = torch.randn(96, 24, generator=gen) + 2.0 * nn.functional.one_hot(labels, 24)
     metrics = [{"epoch": 0, "test/acc1": 0.9, "test/acc2": 0.95}]
-    _finished_run(runs / "msfca50_ceramic_baseline", _config("resnet50"), metrics, base_logits, labels)
-    _finished_run(runs / "msfca50_ceramic_pa", _config("resnet50"), metrics, pa_logits, labels)
+    _finished_run(runs / "msfca50_baseline_ceramic", _config("resnet50"), metrics, base_logits, labels)
+    _finished_run(runs / "msfca50_pa_ceramic", _config("resnet50"), metrics, pa_logits, labels)
     cells = report.build_cells("msfca", report.find_runs([runs]), tmp_path)
     cell = {(c.table, c.row, c.metric): c for c in cells}
-    expected = wilcoxon.compare_runs(str(runs / "msfca50_ceramic_baseline"), str(runs / "msfca50_ceramic_pa"))
+    expected = wilcoxon.compare_runs(str(runs / "msfca50_baseline_ceramic"), str(runs / "msfca50_pa_ceramic"))
     assert cell[("III", "Baseline vs. +PA", "auc_r_plus")].ours == f"{expected['auc'].r_plus:.4g}"
     assert cell[("III", "Baseline vs. +PA", "ap_p_value")].ours == f"{expected['ap'].p_value:.4g}"
     assert cell[("II", "+PA", "acc2")].ours == "95.00"

@@ -112,7 +112,7 @@ class Cfg(dict):
 
 
 def test_experiment_name_is_the_config_stem():
-    cfg = Cfg(config=[cli.BASE_CONFIG, Path("experiments/acanet18_cub_ce.yaml")])
+    cfg = Cfg(config=[cli.BASE_CONFIG, Path("experiments/acanet/acanet18_cub_ce.yaml")])
     assert cli.experiment_name(cfg) == "acanet18_cub_ce"
     assert cli.experiment_name(Cfg(config=[cli.BASE_CONFIG])) == "default"
 

@@ -1,8 +1,12 @@
-"""Every experiments/*.yaml: parsed, its model and datamodule built; short fits on official-layout fixtures.
+"""Every experiment row: composed as before (snapshot), named and headed by its paper row, built, fitted.
 
-Default suite: every file is parsed and instantiated (the model on the meta device, so even FFT-Large costs
-nothing), and one or two training steps run at 64x64 for one file per model family and one per datamodule.
-``make test-slow`` runs the short fit for every file.
+Rows live in one folder per paper (``experiments/<paper>/<row>.yaml``) and name the paper's recipe and
+dataset files in ``_base_`` (lightning_modules/config_compose.py). Default suite: every row's composed
+YAML equals the snapshot (tests/snapshots/experiments_resolved.json, see tests/experiment_snapshot.py), the
+CLI parser's resolution of one row per recipe/dataset chain equals it too (``make test-slow``: every row),
+every row is parsed and instantiated (the model on the meta device), and one or two training steps run at
+64x64 for one row per model family and one per datamodule. ``make test-slow`` runs the short fit for every
+row.
 """
 
 from __future__ import annotations
@@ -19,33 +23,45 @@ import torch
 import yaml
 
 import main as cli
+from lightning_modules.config_compose import compose, config_chain, experiment_rows, read_yaml
+from tests import experiment_snapshot as snapshot
 from tests.dataset_fixtures import build_dataset_fixture
 
-EXPERIMENTS = sorted(p for p in (cli.ROOT / "experiments").glob("*.yaml") if p.name != "base.yaml")
+EXPERIMENTS_DIR = cli.ROOT / "experiments"
+ROWS = experiment_rows(EXPERIMENTS_DIR)
+# experiments/fast/ rows wrap their datamodule (tensor cache): tests/test_tensor_cache.py fits them
+EXPERIMENTS = sorted(p for p in ROWS.values() if p.parent.name != "fast")
+PAPERS = {  # folder -> how its rows' headers name the paper
+    "acanet": "ACANet",
+    "fft": "FFT paper",
+    "msfca": "MSF-CA",
+    "csnet": "CS-Net",
+    "tokenfusion": "TokenFusion",
+}
 SMOKE = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
 
 
-def _raw(path: Path) -> dict:
-    return yaml.safe_load(path.read_text()) or {}
+def _composed(path: Path) -> dict:
+    return compose(path)
 
 
 def _family(path: Path) -> str:
     """Model family of an experiment: the backbone name's leading letters (acanet, fft, vgg, resnet, ...)."""
-    backbone = _raw(path).get("model", {}).get("init_args", {}).get("backbone", "resnet18")
+    backbone = _composed(path).get("model", {}).get("init_args", {}).get("backbone", "resnet18")
     return re.match(r"[a-z]*", backbone).group(0)
 
 
 # the cheapest representative where a family's first file is a heavy model (FFT-Base: 271 M parameters)
-PREFERRED = {"fft": "fft_tiny_cifar10.yaml", "vgg": "vgg16_cub_mcloss.yaml"}
+PREFERRED = {"fft": "fft_tiny_cifar10", "vgg": "vgg16_cub_mcloss"}
 
 
 def _data_class(path: Path) -> str:
-    return _raw(path).get("data", {}).get("class_path", "")
+    return _composed(path).get("data", {}).get("class_path", "")
 
 
 def _default_smoke_set() -> set[str]:
     """The first file of each model family, plus the first file of each datamodule not yet covered."""
-    chosen: dict[str, Path] = {fam: cli.ROOT / "experiments" / name for fam, name in PREFERRED.items()}
+    chosen: dict[str, Path] = {fam: ROWS[stem] for fam, stem in PREFERRED.items()}
     for path in EXPERIMENTS:
         chosen.setdefault(_family(path), path)
     covered = {_data_class(p) for p in chosen.values()}
@@ -59,13 +75,126 @@ def _default_smoke_set() -> set[str]:
 DEFAULT_SMOKE = _default_smoke_set()
 
 
-def test_there_is_an_experiment_per_paper():
-    names = {p.name for p in EXPERIMENTS}
-    assert {"quickstart.yaml", "acanet_cub.yaml"} <= names
-    for prefix in ("acanet18_", "msfca50", "fft_", "csnet101", "tokenfusion_"):
-        assert any(n.startswith(prefix) for n in names), prefix
+def _header(path: Path) -> str:
+    """The row file's own leading comment block."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "\n".join(lines)
 
 
+def test_there_is_a_folder_per_paper_with_one_recipe():
+    assert {"quickstart", "acanet_cub"} <= set(ROWS)
+    for folder in PAPERS:
+        assert (EXPERIMENTS_DIR / folder / "_recipe.yaml").is_file(), folder
+        rows = [p for p in ROWS.values() if p.parent.name == folder]
+        assert rows, folder
+        for path in rows:  # every row of the folder builds on the folder's one recipe
+            assert EXPERIMENTS_DIR / folder / "_recipe.yaml" in config_chain(path), path
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.parent.name in PAPERS], ids=lambda p: p.stem)
+def test_row_states_only_what_makes_the_row(path: Path):
+    """Paper rows leave optimiser, schedule, batch size and trainer settings to a recipe file."""
+    own = read_yaml(path)
+    init = (own.get("model") or {}).get("init_args") or {}
+    stated = [k for k in ("optimizer", "lr_scheduler", "lr_reference_batch_size") if k in init]
+    stated += ["trainer"] if "trainer" in own else []
+    stated += (
+        ["data.init_args.batch_size"]
+        if "batch_size" in ((own.get("data") or {}).get("init_args") or {})
+        else []
+    )
+    assert not stated, (
+        f"{path.name} states recipe keys {stated}: put them in a recipe file of experiments/"
+        f"{path.parent.name}/ (e.g. _recipe.yaml, or a named variant _recipe_<name>.yaml) and list it in _base_"
+    )
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.parent.name in PAPERS], ids=lambda p: p.stem)
+def test_row_is_named_after_its_model_and_dataset(path: Path):
+    backbone = compose(path)["model"]["init_args"]["backbone"]
+    datasets = [p.stem[1:] for p in config_chain(path) if p.stem.startswith("_") and p.stem != "_recipe"]
+    stem = path.stem
+    # the MC-Loss rows of ACANet's Table 2 use the `_mc` trunk variant; the loss suffix names it
+    model = backbone[: -len("_mc")] if backbone.endswith("_mc") and stem.endswith("_mcloss") else backbone
+    assert stem.startswith(model + "_"), f"{path.name}: row names start with the model name ({backbone})"
+    dataset = stem[len(model) + 1 :].split("_")[0]
+    assert not datasets or dataset in datasets, f"{path.name}: dataset {dataset} but builds on {datasets}"
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.parent.name in PAPERS], ids=lambda p: p.stem)
+def test_row_header_names_its_paper_table_and_row(path: Path):
+    header = _header(path)
+    assert PAPERS[path.parent.name] in header, f"{path.name}: header must name the paper"
+    assert re.search(r"\bTables?\b|\babstract\b", header), f"{path.name}: header must name the table"
+    assert re.search(r"\brows?\b", header, re.IGNORECASE), f"{path.name}: header must name the row"
+
+
+# ------------------------------------------------------------------------------------------ snapshot
+SNAPSHOT = snapshot.load()
+FIX = "if the change is on purpose: .venv/bin/python -m tests.experiment_snapshot --update, review the JSON diff"
+
+
+def _report(lines: list[str]) -> str:
+    return "\n".join([f"{len(lines)} difference(s) from the snapshot ({FIX}):", *lines[:60]])
+
+
+def test_every_row_states_what_the_snapshot_holds():
+    """The composed YAML of every row (recipe + dataset + row) equals the snapshot; no row lost or added."""
+    now = {snapshot.row_key(p): {"stated": compose(p)} for p in ROWS.values()}
+    lines = [f"{row}: in the snapshot but no such row file" for row in sorted(set(SNAPSHOT) - set(now))]
+    lines += [f"{row}: new row file not in the snapshot" for row in sorted(set(now) - set(SNAPSHOT))]
+    for row in sorted(set(SNAPSHOT) & set(now)):
+        lines += [f"{row} [stated] {d}" for d in snapshot.diff(SNAPSHOT[row]["stated"], now[row]["stated"])]
+    assert not lines, _report(lines)
+
+
+def _one_row_per_chain() -> list[Path]:
+    """One row per distinct list of base files (each recipe x dataset combination), plus the other rows."""
+    chosen: dict[tuple, Path] = {}
+    for path in ROWS.values():
+        chosen.setdefault(tuple(config_chain(path)[:-1]) or (path,), path)
+    return sorted(chosen.values())
+
+
+@pytest.fixture(scope="module")
+def parser():
+    return snapshot.make_parser()
+
+
+def _check_resolved(parser, paths: list[Path]) -> None:
+    base_callbacks = [cb["class_path"] for cb in read_yaml(snapshot.BASE)["trainer"]["callbacks"]]
+    lines = []
+    for path in paths:
+        full = snapshot.resolve(parser, path, strip_base_infrastructure=False)
+        got = [cb["class_path"] for cb in full["trainer"].get("callbacks") or []]
+        if got != base_callbacks:  # lists replace under jsonargparse: no file may drop base.yaml's callbacks
+            lines.append(f"{snapshot.row_key(path)}: trainer.callbacks {got} != base.yaml's {base_callbacks}")
+        now = snapshot.resolve(parser, path)
+        old = SNAPSHOT.get(snapshot.row_key(path), {}).get("resolved")
+        if old is None:
+            lines.append(f"{snapshot.row_key(path)}: not in the snapshot")
+            continue
+        lines += [
+            f"{snapshot.row_key(path)} [resolved] {d}" for d in snapshot.diff(old, now, restricted=True)
+        ]
+    assert not lines, _report(lines)
+
+
+def test_resolved_config_matches_snapshot_one_row_per_recipe(parser):
+    """What the CLI parser resolves (jsonargparse's own merging of the _base_ files) equals the snapshot."""
+    _check_resolved(parser, _one_row_per_chain())
+
+
+@pytest.mark.slow
+def test_resolved_config_matches_snapshot_every_row(parser):
+    _check_resolved(parser, sorted(ROWS.values()))
+
+
+# ------------------------------------------------------------------------------------------ building
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_experiment_parses_and_instantiates(path: Path):
     with torch.device("meta"):
@@ -73,7 +202,7 @@ def test_experiment_parses_and_instantiates(path: Path):
     assert built.datamodule.num_classes >= 2
     head = built.model.backbone.get_classifier()
     out_features = getattr(head, "out_features", getattr(head, "out_channels", None))
-    if out_features is not None and not _raw(path).get("model", {}).get("init_args", {}).get("loss"):
+    if out_features is not None and not _composed(path).get("model", {}).get("init_args", {}).get("loss"):
         assert out_features == built.datamodule.num_classes  # data.num_classes is linked into the model
     dumped = yaml.safe_load(built.parser.dump(built.config, skip_none=False))  # what --print_config prints
     assert dumped["model"]["class_path"] == "lightning_modules.ClassificationTask"
@@ -96,8 +225,14 @@ def test_print_config_flag_works(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = yaml.safe_load(proc.stdout)
+    # the fully composed row: acanet_cub -> acanet/acanet18_cub_mcloss -> acanet/_cub + acanet/_recipe
     assert printed["model"]["init_args"]["backbone"].startswith("acanet18")
+    assert printed["model"]["init_args"]["loss"]["class_path"].endswith("MCLoss")
+    assert printed["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.1
+    assert printed["data"]["class_path"].endswith("CUB200DataModule")
+    assert printed["trainer"]["max_epochs"] == 600
     assert printed["trainer"]["callbacks"]  # base.yaml defaults are merged in
+    assert "_base_" not in printed
 
 
 def smoke_fit(path: Path, tmp_path: Path) -> None:
@@ -134,7 +269,7 @@ def smoke_fit(path: Path, tmp_path: Path) -> None:
         "--data.init_args.resize_size",
         "64",
     ]
-    backbone_kwargs = _raw(path).get("model", {}).get("init_args", {}).get("backbone_kwargs") or {}
+    backbone_kwargs = _composed(path).get("model", {}).get("init_args", {}).get("backbone_kwargs") or {}
     if "img_size" in backbone_kwargs:  # fixed-size ViT-style baselines: build them for the smoke size
         args += ["--model.init_args.backbone_kwargs", json.dumps({**backbone_kwargs, "img_size": 64})]
     for key, value in overrides.items():

@@ -22,7 +22,7 @@ resolution, and ``gradcam_grid.png`` (rows: images; columns: input, one column p
 
 Examples::
 
-    python -m tools.gradcam --config experiments/msfca50_ceramic.yaml --ckpt_path runs/.../best.ckpt -n 5
+    python -m tools.gradcam --config experiments/msfca/msfca50_ceramic.yaml --ckpt_path runs/.../best.ckpt -n 5
     python -m tools.gradcam --model resnet50 --image-folder ../shared/data/some_folder --layers layer1 layer4
 """
 

@@ -12,8 +12,9 @@
 
 A run belongs to the experiment whose file stem is the name of one of its folders (``main.py`` puts a
 run in ``<default_root_dir>/<experiment stem>/``) or its W&B run name; otherwise its saved
-``config.yaml`` is compared with every ``experiments/*.yaml`` (the experiment whose ``model`` and
-``data`` values all appear in the run's config, the most specific one winning). When several runs match
+``config.yaml`` is compared with every experiment row (``experiments/**/*.yaml`` composed with its
+``_base_`` files; the row whose ``model`` and ``data`` values all appear in the run's config, the most
+specific one winning). When several runs match
 one experiment, the newest one with test metrics is used.
 
 Our value of a cell: ``test/<metric>`` (the test split), else ``val/<metric>_best`` / the last
@@ -43,6 +44,7 @@ from typing import Any
 
 import yaml
 
+from lightning_modules.config_compose import compose, experiment_rows
 from tools.common import ToolError, run_main
 
 PAPERS = {
@@ -279,10 +281,8 @@ def identify_by_config(config: dict[str, Any], experiments_dir: Path) -> str | N
     """The experiment file whose ``model`` and ``data`` values all appear in ``config`` (most specific)."""
     run = _flatten({k: config.get(k) for k in ("model", "data") if k in config})
     best, best_score = None, 0
-    for path in sorted(experiments_dir.glob("*.yaml")):
-        if path.stem == "base":
-            continue
-        exp = _load_yaml(path) or {}
+    for path in experiment_rows(experiments_dir).values():
+        exp = compose(path)  # the row with its `_base_` recipe and dataset files
         leaves = _flatten({k: exp[k] for k in ("model", "data") if k in exp})
         leaves = {k: v for k, v in leaves.items() if not k.endswith(("root", "num_workers"))}
         if not leaves or any(k not in run or not _same(run[k], v, k) for k, v in leaves.items()):
@@ -399,7 +399,7 @@ def build_cells(
     """Pair every published figure of ``paper`` with our value (empty when we have no run)."""
     published = read_published(paper)
     known = {alt for row in published for alt in row["experiment"].split("|") if alt}
-    known |= {p.stem for p in experiments_dir.glob("*.yaml")}
+    known |= set(experiment_rows(experiments_dir))
     chosen = assign_experiments(runs, known, experiments_dir)
     complexity_cache: dict[str, Any] = {}
     wilcoxon_cache: dict[tuple[str, str], dict[str, Any]] = {}
@@ -463,8 +463,8 @@ def _fill_complexity(
                 _, name, classes, size = ([*alt.split(":"), "", ""])[:4]
                 loaded = load_network(model=name, num_classes=int(classes) if classes else None)
                 image_size = int(size) if size else None
-            elif (experiments_dir / f"{alt}.yaml").is_file():
-                loaded = load_network(configs=[str(experiments_dir / f"{alt}.yaml")])
+            elif alt in experiment_rows(experiments_dir):
+                loaded = load_network(configs=[str(experiment_rows(experiments_dir)[alt])])
                 image_size = None
             else:
                 continue
