@@ -27,7 +27,7 @@ Ablations (registered names; the abstract names the three sub-modules, we add on
 ==================== ======= ======= ========= ==============================================
 name                 channel spatial fusion    meaning
 ==================== ======= ======= ========= ==============================================
-``csnet101_base``    no      no      none      ResNet-101 alone (GAP of stage 4)
+``csnet101_baseline``    no      no      none      ResNet-101 alone (GAP of stage 4)
 ``csnet101_low``     no      no      concat    + pooled stage-3 features, no attention (control)
 ``csnet101_channel`` yes     no      concat    + cross-layer channel attention
 ``csnet101_spatial`` no      yes     concat    + cross-layer spatial attention
@@ -35,7 +35,7 @@ name                 channel spatial fusion    meaning
 ``csnet101``         yes     yes     conv      + learned fusion module: the full CS-Net
 ==================== ======= ======= ========= ==============================================
 
-``csnet50`` / ``csnet50_base`` are the full model and the baseline on ResNet-50.
+``csnet50`` / ``csnet50_baseline`` are the full model and the baseline on ResNet-50.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class CSNet(nn.Module):
 _TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 _ABLATIONS: dict[str, dict[str, Any]] = {
-    "base": dict(channel_attn=False, spatial_attn=False, fusion="none"),
+    "baseline": dict(channel_attn=False, spatial_attn=False, fusion="none"),
     "low": dict(channel_attn=False, spatial_attn=False, fusion="concat"),
     "channel": dict(channel_attn=True, spatial_attn=False, fusion="concat"),
     "spatial": dict(channel_attn=False, spatial_attn=True, fusion="concat"),
@@ -231,9 +231,9 @@ def csnet101(pretrained: bool = False, **kwargs: Any) -> CSNet:
 
 
 @register_model
-def csnet101_base(pretrained: bool = False, **kwargs: Any) -> CSNet:
+def csnet101_baseline(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """Ablation: the ResNet-101 backbone alone."""
-    return _create_csnet("resnet101", "base", pretrained, **kwargs)
+    return _create_csnet("resnet101", "baseline", pretrained, **kwargs)
 
 
 @register_model
@@ -267,6 +267,6 @@ def csnet50(pretrained: bool = False, **kwargs: Any) -> CSNet:
 
 
 @register_model
-def csnet50_base(pretrained: bool = False, **kwargs: Any) -> CSNet:
+def csnet50_baseline(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """Ablation: the ResNet-50 backbone alone."""
-    return _create_csnet("resnet50", "base", pretrained, **kwargs)
+    return _create_csnet("resnet50", "baseline", pretrained, **kwargs)

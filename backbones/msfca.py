@@ -413,7 +413,7 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     # Table VIII "Ours" / Table VI version B of "+Cross Scale +PCA-Parallel": the paper's final model.
     "msfca50": dict(bottleneck="msf", attention="pca_parallel", version="B"),
     # Tables I/II baseline: plain ResNet-50 (identical to timm resnet50).
-    "msfca50_base": dict(bottleneck="standard", attention="none"),
+    "msfca50_baseline": dict(bottleneck="standard", attention="none"),
     # Table I "+Cross Scale" (= Table IV baseline).
     "msfca50_msf": dict(bottleneck="msf", attention="none"),
     # Table II (standard bottleneck, version B).
@@ -449,9 +449,9 @@ def msfca50(pretrained: bool = False, **kwargs: Any) -> MSFCAResNet:
 
 
 @register_model
-def msfca50_base(pretrained: bool = False, **kwargs: Any) -> MSFCAResNet:
+def msfca50_baseline(pretrained: bool = False, **kwargs: Any) -> MSFCAResNet:
     """Baseline ResNet-50 (Tables I, II: 23.557 M, 4.109 G)."""
-    return _create("msfca50_base", pretrained, **kwargs)
+    return _create("msfca50_baseline", pretrained, **kwargs)
 
 
 @register_model

@@ -23,7 +23,7 @@ import backbones  # noqa: F401  (registers the models)
 from lightning_modules.complexity import count_macs, count_params
 
 ROWS: list[tuple[str, str, dict, float, float]] = [
-    ("I/II Baseline", "msfca50_base", {}, 23.557, 4.109),
+    ("I/II Baseline", "msfca50_baseline", {}, 23.557, 4.109),
     ("I +Cross Scale (IV Baseline)", "msfca50_msf", {}, 36.1, 6.535),
     ("II +PA", "msfca50_pa", {}, 37.143, 6.06),
     ("II +CA", "msfca50_ca", {}, 49.966, 6.677),

@@ -28,13 +28,13 @@ from backbones.layers.cross_layer_attention import (
 CSNET_MODELS = sorted(timm.list_models("csnet*"))
 EXPECTED_MODELS = [
     "csnet101",
-    "csnet101_base",
+    "csnet101_baseline",
     "csnet101_both",
     "csnet101_channel",
     "csnet101_low",
     "csnet101_spatial",
     "csnet50",
-    "csnet50_base",
+    "csnet50_baseline",
 ]
 
 

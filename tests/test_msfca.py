@@ -30,7 +30,7 @@ from backbones.pretrained import load_pretrained
 
 VARIANTS = [
     "msfca50",
-    "msfca50_base",
+    "msfca50_baseline",
     "msfca50_msf",
     "msfca50_pa",
     "msfca50_ca",
@@ -46,7 +46,7 @@ TINY = dict(channels=(8, 16, 32, 64), layers=(1, 1, 1, 1))
 # (model, kwargs) -> (paper params in M, paper FLOPs (= MACs) in G, tolerance on params in M).
 # Tables I, II, IV, VI; 24 classes, 224x224. "36.1" is given with one decimal only.
 PAPER_FIGURES = {
-    ("msfca50_base", ()): (23.557, 4.109, 6e-4),
+    ("msfca50_baseline", ()): (23.557, 4.109, 6e-4),
     ("msfca50_msf", ()): (36.1, 6.535, 0.05),
     ("msfca50_pa", ()): (37.143, 6.06, 6e-4),
     ("msfca50_ca", ()): (49.966, 6.677, 6e-4),
@@ -291,7 +291,7 @@ def test_parameter_count_matches_paper(key: tuple[str, tuple]) -> None:
 
 
 def test_baseline_is_resnet50_and_macs_match() -> None:
-    ours, ref = _meta_model("msfca50_base"), _meta_model("resnet50")
+    ours, ref = _meta_model("msfca50_baseline"), _meta_model("resnet50")
     assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
         (k, v.shape) for k, v in ref.state_dict().items()
     ]

@@ -80,7 +80,7 @@ def _assert_trunk_equal(
         ("csnet101", "resnet101"),
         ("csnet101", "tv_resnet101"),
         ("csnet50", "resnet50"),
-        ("csnet101_base", "resnet101"),
+        ("csnet101_baseline", "resnet101"),
     ],
 )
 def test_resnet_state_dict_loads_into_csnet_trunk(
@@ -108,7 +108,7 @@ def test_wrong_depth_is_reported_as_missing_trunk_blocks(checkpoints: _Checkpoin
 
 def test_csnet_base_with_resnet_weights_is_resnet(checkpoints: _Checkpoints) -> None:
     """The baseline ablation loaded with ResNet weights computes exactly the ResNet's features."""
-    model = timm.create_model("csnet50_base", num_classes=10).eval()
+    model = timm.create_model("csnet50_baseline", num_classes=10).eval()
     load_pretrained(model, checkpoints["resnet50"])
     resnet = timm.create_model("resnet50").eval()
     resnet.load_state_dict(torch.load(checkpoints["resnet50"], weights_only=True))
@@ -238,5 +238,5 @@ def test_pretrained_true_asks_timm_for_hub_trunk_weights(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(csnet.timm, "create_model", fake_create_model)
     csnet.csnet50(pretrained=True, num_classes=3)
-    csnet.csnet50_base(pretrained=False, num_classes=3)
+    csnet.csnet50_baseline(pretrained=False, num_classes=3)
     assert calls == [("resnet50", True), ("resnet50", False)]
