@@ -81,3 +81,20 @@ def test_a_run_without_test_metrics_uses_one_validation_source(tmp_path):
     assert report.run_source(run) == "val"
     assert report.metric_value(run, "acc1") == (60.0, "val")  # the last epoch, for every metric
     assert report.metric_value(run, "acc1", "last") == (None, "")
+
+
+def test_published_figures_flag_paper_errors_instead_of_copying_them():
+    msfca = {(r["table"], r["row"], r["metric"]): r for r in report.read_published("msfca")}
+    typo = msfca[("VI", "+PCA-Serial, version B", "acc1")]
+    assert typo["value"] == "96.44" and "98.44" in typo["flag"]  # Table II's figure; the misprint named
+    assert msfca[("II", "+PCA-Serial", "acc1")]["value"] == "96.44"
+    assert msfca[("I", "Baseline vs. +Cross Scale", "auc_p_value")]["value"] == "0.0041"
+    assert msfca[("I", "Baseline vs. +Cross Scale", "ap_p_value")]["value"] == "0.0027"
+    assert not any(r.get("flag") for k, r in msfca.items() if k[:2] != ("VI", "+PCA-Serial, version B"))
+    tokenfusion = {(r["table"], r["row"], r["metric"]): r for r in report.read_published("tokenfusion")}
+    repeated = tokenfusion[("4", "Layer by layer, Use Class token, Mixing", "acc1")]
+    original = tokenfusion[("1", "Layer by layer, Mixing", "acc1")]
+    assert repeated["value"] == original["value"] and "Table 1" in repeated["flag"]
+    cells = report.build_cells("msfca", [], Path("experiments"))
+    out = report.to_markdown(cells, "msfca")
+    assert "96.44 [flag] / -" in out and "[flag] +PCA-Serial, version B, acc1 96.44: paper typo" in out

@@ -17,8 +17,14 @@ run in ``<default_root_dir>/<experiment stem>/``) or its W&B run name; otherwise
 specific one winning). When several runs match
 one experiment, the newest one with test metrics is used.
 
-Our value of a cell: ``test/<metric>`` (the test split), else ``val/<metric>_best`` / the last
-``val/<metric>`` (marked ``(val)``); accuracy-like metrics are shown in percent like the papers.
+Our values of a cell come from one checkpoint each, never mixed: ``fit --test_after_fit`` tests the
+best-validation and the last checkpoint (``test/best/<metric>``, ``test/last/<metric>``), and the report
+shows them in separate columns (``ours: best`` and ``ours: last``; a CSV line has ``ours`` with its
+``origin`` and ``ours_last``). A run without ``test/best/*`` fills the ``best`` column from one other source
+for all of its metrics, marked: ``test/<metric>`` of ``main.py test --ckpt_path`` (``(test)``: the
+checkpoint that command was given), else validation figures (``(val)``: ``val/<metric>_best`` when the run
+logs ``*_best`` keys, else the last epoch's ``val/<metric>``). A metric that source lacks stays empty
+rather than being taken from another checkpoint. Accuracy-like metrics are shown in percent like the papers.
 ``params_m`` and ``gmacs`` are measured with ``tools.profile`` when ``--complexity`` is given, and
 ``latency_ms`` only with ``--latency`` (hardware-dependent). Wilcoxon cells (``auc_r_plus`` ...) are
 computed from the two runs' ``predictions.pt`` (written by ``TestAnalysis``).
@@ -371,6 +377,7 @@ class Cell:
     experiment: str = ""
     note: str = ""
     unfinished: str = ""  # "epochs run/max_epochs" when the run stopped before max_epochs
+    flag: str = ""  # a doubt about the published figure itself (a paper typo, a repeated figure)
 
     def delta(self) -> str:
         try:
@@ -406,7 +413,13 @@ def build_cells(
     cells = []
     for row in published:
         cell = Cell(
-            row["table"], row["row"], row["dataset"], row["metric"], row["value"], note=row.get("note", "")
+            row["table"],
+            row["row"],
+            row["dataset"],
+            row["metric"],
+            row["value"],
+            note=row.get("note") or "",
+            flag=row.get("flag") or "",
         )
         alternatives = [a for a in row["experiment"].split("|") if a]
         run = next((chosen[a] for a in alternatives if a in chosen), None)
@@ -512,9 +525,11 @@ def to_markdown(cells: list[Cell], paper: str) -> str:
                     ours += f" ({c.origin})"
                 if c.unfinished:
                     ours += f" (unfinished: {c.unfinished} epochs)"
-                cells_txt.append(f"{c.published or 'n/a'} / {ours}")
+                published = (c.published or "n/a") + (" [flag]" if c.flag else "")
+                cells_txt.append(f"{published} / {ours}")
             out.append("| " + " | ".join(cells_txt) + " |")
         notes = sorted({c.note for c in group if c.note})
+        notes += sorted({f"[flag] {c.row}, {c.metric} {c.published}: {c.flag}" for c in group if c.flag})
         out += [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
     found = sum(1 for c in cells if c.ours)
     out.append(
@@ -542,6 +557,7 @@ def write_csv(cells: list[Cell], path: str | os.PathLike) -> None:
                 "run",
                 "note",
                 "unfinished",
+                "flag",
             ]
         )
         for c in cells:
@@ -560,6 +576,7 @@ def write_csv(cells: list[Cell], path: str | os.PathLike) -> None:
                     c.run,
                     c.note,
                     c.unfinished,
+                    c.flag,
                 ]
             )
 
