@@ -297,8 +297,11 @@ def _all_parsers(parser: Any) -> list[Any]:
 
 
 def _is_launching_process() -> bool:
-    """Rank 0 of node 0, or the process that starts the DDP workers (they set LOCAL_RANK themselves)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """Rank 0 of node 0, or the process that starts the DDP workers (they set LOCAL_RANK themselves).
+
+    Under ``srun`` every rank is started by SLURM (no LOCAL_RANK yet): only SLURM_PROCID 0 is rank 0.
+    """
+    return all(int(os.environ.get(var, 0)) == 0 for var in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def _same_on_all_ranks(make_dir: Any) -> Path:

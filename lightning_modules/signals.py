@@ -14,8 +14,11 @@ across ranks) every rank saves Lightning's HPC checkpoint ``<run folder>/hpc_ckp
 from that checkpoint when the same command runs again (SLURM's requeue does exactly that); a fit that
 finishes removes its HPC checkpoints, so a later ``fit`` is not mistaken for a resume.
 
-A signal that arrives before training starts (data setup, sanity check) or during ``validate``/``test``
-still goes through Lightning, which stops the run; the exit status is then 143 as well, not 0.
+``main.py fit`` installs the same recording handlers first thing (:func:`install_early_handlers`), so a
+signal that arrives while the job is still importing or building its data is acted on at the first
+training batch instead of killing the process (SIGUSR1's default action) or being lost. During
+``validate``/``test``/``predict`` SIGTERM goes through Lightning, which stops the run; the exit status is then
+143 as well, not 0.
 """
 
 from __future__ import annotations
@@ -33,6 +36,24 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+_pending = {"signum": 0}  # the strongest signal received so far (SIGTERM 15 > SIGUSR1 10)
+_original: dict[int, object] = {}  # the handlers before install_early_handlers, restored after fit
+
+
+def _record(signum: int, _frame) -> None:
+    # SIGTERM dominates the requeue signal: a cancelled job must not requeue itself
+    _pending["signum"] = max(_pending["signum"], int(signum))
+
+
+def install_early_handlers() -> None:
+    """Record SIGTERM (and SIGUSR1 under SLURM) from process start; :class:`SignalCheckpoint` acts on them."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signums = [signal.SIGTERM] + ([signal.SIGUSR1] if SLURMEnvironment.detect() else [])
+    for signum in signums:
+        _original.setdefault(int(signum), signal.getsignal(signum))
+        signal.signal(signum, _record)
+
 
 class SignalCheckpoint(Callback):
     """Save a resumable checkpoint on SIGTERM (and SLURM's requeue signal) and exit with 128 + signal.
@@ -47,9 +68,7 @@ class SignalCheckpoint(Callback):
         if check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.check_every_n_steps = check_every_n_steps
-        self._signum = 0
         self._previous: dict[int, object] = {}
-        self._forwarded = False
 
     # ---- handlers -------------------------------------------------------------------------------------
     def _requeue_signal(self, trainer: Trainer) -> int | None:
@@ -58,28 +77,23 @@ class SignalCheckpoint(Callback):
             return int(env.requeue_signal)
         return None
 
-    def _record(self, trainer: Trainer):
-        def handler(signum: int, _frame) -> None:
-            # SIGTERM dominates the requeue signal: a cancelled job must not requeue itself
-            self._signum = max(self._signum, int(signum))
-            launcher = trainer.strategy.launcher
-            if launcher is not None and not self._forwarded:  # ranks Lightning started as child processes
-                self._forwarded = True
-                launcher.kill(signum)
-
-        return handler
-
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        self._signum, self._forwarded = 0, False
+        launcher = trainer.strategy.launcher
+
+        def handler(signum: int, frame) -> None:
+            first = not _pending["signum"]
+            _record(signum, frame)
+            if first and launcher is not None:  # ranks Lightning started as child processes get it too
+                launcher.kill(signum)
+
         signums = [int(signal.SIGTERM)]
         requeue = self._requeue_signal(trainer)
         if requeue is not None:
             signums.append(requeue)
-        handler = self._record(trainer)
-        for signum in signums:
-            self._previous[signum] = signal.getsignal(signum)
+        for signum in signums:  # replaces Lightning's handlers (see the module docstring)
+            self._previous[signum] = _original.get(signum, signal.getsignal(signum))
             signal.signal(signum, handler)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -87,18 +101,20 @@ class SignalCheckpoint(Callback):
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)  # type: ignore[arg-type]
         self._previous = {}
+        _pending["signum"] = 0  # a signal after the last batch: the fit finished, nothing left to act on
 
     # ---- acting on a signal ---------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx):
         if trainer.global_step % self.check_every_n_steps:
             return
-        signum = self._signum or (int(signal.SIGTERM) if trainer.received_sigterm else 0)
+        signum = _pending["signum"] or (int(signal.SIGTERM) if trainer.received_sigterm else 0)
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             flag = torch.tensor([signum], device=trainer.strategy.root_device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             signum = int(flag.item())
         if not signum:
             return
+        _pending["signum"] = 0
         path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
         trainer.save_checkpoint(path)  # every rank (a collective); rank 0 writes
         name = signal.Signals(signum).name
