@@ -36,6 +36,8 @@ see ``backbones/msfca.py`` and ``docs/msfca.md``):
 * **Scales**: 1/sqrt(C/r) for PA (Eq. 11), 1/sqrt(H*W) for CA (Eq. 15).
 * **Momentum** (Eq. 12): ``m = 0.5 * gamma / (1 + |gamma|) + 0.5``, one learnable scalar gamma per module,
   initialised to 0 (m = 0.5); ``Z = m * Y + (1 - m) * X``.
+* All 1x1 convs are :class:`backbones.layers.pointwise.PointwiseConv2d` (``nn.Conv2d`` parameters; one
+  matmul where the weight outweighs the map, which keeps them off PyTorch's slow CPU kernel).
 * **PCA**: serial = CA(PA(x)) (spatial first: "further model the relationships between channels based on
   global spatial modeling"), parallel = PA(x) + CA(x) (point-wise sum, Sec. III-C).
 """
@@ -50,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.errors import ModelConfigError
+from backbones.layers.pointwise import PointwiseConv2d
 
 ChunkingKind = Literal["pa", "ca", "pca_serial", "pca_parallel"]
 
@@ -76,9 +79,9 @@ class SpatialChunkingAttention(nn.Module):
     def __init__(self, channels: int, reduction: int = 32) -> None:
         super().__init__()
         qk = max(1, channels // reduction)
-        self.query = nn.Conv2d(channels, qk, kernel_size=1)
-        self.key = nn.Conv2d(channels, qk, kernel_size=1)
-        self.value = nn.Conv2d(channels, channels, kernel_size=1)
+        self.query = PointwiseConv2d(channels, qk)
+        self.key = PointwiseConv2d(channels, qk)
+        self.value = PointwiseConv2d(channels, channels)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     @staticmethod
@@ -125,12 +128,12 @@ class ChannelChunkingAttention(nn.Module):
         self.sc = self.chunks * self.chunks
         self.qkv = qkv
         if qkv == "shared":
-            self.proj = nn.Conv2d(channels, self.sc, kernel_size=1)
+            self.proj = PointwiseConv2d(channels, self.sc)
         else:
-            self.query = nn.Conv2d(channels, self.sc, kernel_size=1)
-            self.key = nn.Conv2d(channels, self.sc, kernel_size=1)
-            self.value = nn.Conv2d(channels, self.sc, kernel_size=1)
-        self.out = nn.Conv2d(self.sc, channels, kernel_size=1)  # Eq. 16
+            self.query = PointwiseConv2d(channels, self.sc)
+            self.key = PointwiseConv2d(channels, self.sc)
+            self.value = PointwiseConv2d(channels, self.sc)
+        self.out = PointwiseConv2d(self.sc, channels)  # Eq. 16
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor) -> Tensor:

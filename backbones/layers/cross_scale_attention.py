@@ -18,7 +18,8 @@ Choices the paper leaves open, and what we do:
   ``ReLU6(x + 3) / 6``. Algorithm 1 then multiplies R(S) by S itself (step 3: "Eq. (2) without R", step 4:
   ``V = X * S``), which is exactly the h-swish of Coordinate Attention; S shares the 1x1 conv and BN of
   Eq. 2 (a separate conv would add parameters the paper's tables do not have).
-* All 1x1 convs have a bias, as in the reference code.
+* All 1x1 convs have a bias, as in the reference code (:class:`backbones.layers.pointwise.PointwiseConv2d`:
+  ``nn.Conv2d`` parameters, computed as a matmul where the weight outweighs the map).
 * Both inputs must have the same shape (the paper states this requirement).
 """
 
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.errors import ModelConfigError
+from backbones.layers.pointwise import PointwiseConv2d
 
 
 class CrossScaleCoordAttention(nn.Module):
@@ -44,10 +46,10 @@ class CrossScaleCoordAttention(nn.Module):
         super().__init__()
         mip = max(min_channels, channels // reduction)
         self.channels = channels
-        self.conv1 = nn.Conv2d(channels, mip, kernel_size=1)
+        self.conv1 = PointwiseConv2d(channels, mip)
         self.bn1 = nn.BatchNorm2d(mip)
-        self.conv_h = nn.Conv2d(mip, channels, kernel_size=1)
-        self.conv_w = nn.Conv2d(mip, channels, kernel_size=1)
+        self.conv_h = PointwiseConv2d(mip, channels)
+        self.conv_w = PointwiseConv2d(mip, channels)
 
     def forward(self, x_x: Tensor, x_y: Tensor) -> Tensor:
         """Return ``x_x * D_x * D_y`` (Eq. 4).

@@ -17,10 +17,12 @@ stage II has two paths that reuse them:
 Efficient implementation (this file) - the function is ACmix's, the memory is not:
 
 * ACmix unfolds k, v and the positional map into ``window**2`` copies (49x the feature map, kept for
-  backward). Here the logits are computed by looping over the ``window**2`` offsets on *views* of the
-  reflect-padded k and v (custom autograd functions that pad internally, save only q, padded k/v and the
-  attention weights, and accumulate gradients into slices in place), so activation memory is
-  O(C*H*W + heads*window**2*H*W) instead of O(window**2*C*H*W).
+  backward). Here the queries are cut into tiles of at most 14x14 and every tile attends to the halo of
+  reflect-padded keys around it in one masked ``F.scaled_dot_product_attention`` call (the mask keeps
+  each query's ``window x window`` neighbourhood), so activation memory is a few copies of the map (the
+  halo is at most 2x a tile) instead of O(window**2*C*H*W), and the work runs in one fused kernel. (The
+  previous formulation, a Python loop over the 49 offsets with custom autograd functions, is kept as the
+  reference in ``benchmarks/old_formulations.py``.)
 * The positional term needs no per-offset tensor: ``q_i . pe_i`` is constant over the keys of query ``i``
   and cancels in the softmax, so the logits are ``q_i . (k_j - pe_j)``: the keys are shifted once by the
   (bias-free) positional map before padding. At the border the reflect padding of ``k - pe`` uses the
@@ -41,7 +43,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from backbones.errors import ModelConfigError
 
@@ -62,94 +63,45 @@ def _reflect_pad(x: Tensor, pad: int) -> Tensor:
     return F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
 
 
-def _unpad_reflect_grad(grad_pad: Tensor | None, x_pad: Tensor, pad: int) -> Tensor | None:
-    """Gradient w.r.t. the unpadded input from the gradient w.r.t. its reflect-padded version.
-
-    The padded tensor's centre view stands in for the input (only its shape is used), so the
-    un-padded input need not be saved for backward.
-    """
-    if grad_pad is None or not pad:
-        return grad_pad
-    centre = x_pad[:, :, pad:-pad, pad:-pad]
-    return torch.ops.aten.reflection_pad2d_backward(grad_pad, centre, [pad, pad, pad, pad])
+#: Largest side of a query tile of :func:`local_window_attention` (two 7x7 windows: the halo of keys
+#: around a tile is at most ``(14 + 6) ** 2 / 14 ** 2 = 2x`` the tile, the masked logits ``400 / 49``).
+MAX_TILE = 14
 
 
-class _WindowDot(torch.autograd.Function):
-    """``out[:, o] = sum_c q[:, c] * k_pad[:, c, window o]`` for every offset ``o`` (k reflect-padded here)."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, window: int) -> Tensor:  # type: ignore[override]
-        bh, _, h, w = q.shape
-        k_pad = _reflect_pad(k, window // 2)
-        out = q.new_empty(bh, window * window, h, w)
-        for o in range(window * window):
-            dy, dx = divmod(o, window)
-            torch.sum(q * k_pad[:, :, dy : dy + h, dx : dx + w], dim=1, out=out[:, o])
-        ctx.save_for_backward(q, k_pad)
-        ctx.window = window
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        q, k_pad = ctx.saved_tensors
-        window = ctx.window
-        _, _, h, w = q.shape
-        grad = grad.to(q.dtype)
-        grad_q = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
-        grad_k = torch.zeros_like(k_pad) if ctx.needs_input_grad[1] else None
-        for o in range(window * window):
-            dy, dx = divmod(o, window)
-            g = grad[:, o : o + 1]
-            if grad_q is not None:
-                grad_q.addcmul_(g, k_pad[:, :, dy : dy + h, dx : dx + w])
-            if grad_k is not None:
-                grad_k[:, :, dy : dy + h, dx : dx + w].addcmul_(g, q)
-        return grad_q, _unpad_reflect_grad(grad_k, k_pad, window // 2), None
+def _tiles(n: int) -> tuple[int, int]:
+    """Number and side of the query tiles covering ``n`` positions (as even as possible, side <= MAX_TILE)."""
+    count = -(-n // MAX_TILE)
+    return count, -(-n // count)
 
 
-class _WindowAggregate(torch.autograd.Function):
-    """``out = sum_o attn[:, o] * v_pad[:, :, window o]`` (attention-weighted values; v padded here)."""
-
-    @staticmethod
-    def forward(ctx, attn: Tensor, v: Tensor, window: int) -> Tensor:  # type: ignore[override]
-        bh, _, h, w = attn.shape
-        v_pad = _reflect_pad(v, window // 2)
-        out = v_pad.new_zeros(bh, v_pad.shape[1], h, w)
-        for o in range(window * window):
-            dy, dx = divmod(o, window)
-            out.addcmul_(attn[:, o : o + 1], v_pad[:, :, dy : dy + h, dx : dx + w])
-        ctx.save_for_backward(attn, v_pad)
-        ctx.window = window
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        attn, v_pad = ctx.saved_tensors
-        window = ctx.window
-        _, _, h, w = attn.shape
-        grad = grad.to(v_pad.dtype)
-        grad_attn = torch.empty_like(attn) if ctx.needs_input_grad[0] else None
-        grad_v = torch.zeros_like(v_pad) if ctx.needs_input_grad[1] else None
-        for o in range(window * window):
-            dy, dx = divmod(o, window)
-            v_win = v_pad[:, :, dy : dy + h, dx : dx + w]
-            if grad_attn is not None:
-                torch.sum(grad * v_win, dim=1, out=grad_attn[:, o])
-            if grad_v is not None:
-                grad_v[:, :, dy : dy + h, dx : dx + w].addcmul_(attn[:, o : o + 1], grad)
-        return grad_attn, _unpad_reflect_grad(grad_v, v_pad, window // 2), None
+def window_mask(tile_h: int, tile_w: int, window: int, device: torch.device) -> Tensor:
+    """``(tile_h*tile_w, halo_h*halo_w)`` bool: query ``(a, b)`` of a tile sees halo key ``(y, x)`` iff
+    ``0 <= y - a < window`` and ``0 <= x - b < window`` (its ``window x window`` neighbourhood)."""
+    halo_h, halo_w = tile_h + window - 1, tile_w + window - 1
+    qy = torch.arange(tile_h, device=device).view(-1, 1, 1, 1)
+    qx = torch.arange(tile_w, device=device).view(1, -1, 1, 1)
+    ky = torch.arange(halo_h, device=device).view(1, 1, -1, 1)
+    kx = torch.arange(halo_w, device=device).view(1, 1, 1, -1)
+    mask = (ky - qy >= 0) & (ky - qy < window) & (kx - qx >= 0) & (kx - qx < window)
+    return mask.reshape(tile_h * tile_w, halo_h * halo_w)
 
 
 def local_window_attention(q: Tensor, k: Tensor, v: Tensor, pos_weight: Tensor, window: int) -> Tensor:
-    """ACmix's local attention with relative coordinate encoding, without materialising windows.
+    """ACmix's local attention with relative coordinate encoding, as one masked attention over tiles.
 
     ACmix's logits are ``q_i . (k_j + pe_i - pe_j)``. The term ``q_i . pe_i`` is the same for every key
     ``j`` of query ``i``, so the softmax cancels it: the attention equals ``softmax_j(q_i . (k_j - pe_j))``.
     With ``pe = W_p loc`` (a 1x1 conv of the coordinate grid; ACmix's bias cancels the same way), the keys
     are shifted once by ``-pe`` and no positional tensor per offset is needed. Reflect padding of
     ``k - pe`` gives the reflected coordinates at the border, exactly as ACmix pads ``pe``.
+
+    The queries are cut into tiles of at most ``MAX_TILE x MAX_TILE``; each tile attends to the
+    ``(tile + window - 1)**2`` halo of the reflect-padded keys around it through one
+    ``F.scaled_dot_product_attention`` call over all tiles, with a boolean mask that keeps exactly each
+    query's ``window x window`` neighbourhood (the same mask for every tile). The map is zero padded at the
+    bottom/right to whole tiles; the extra queries (whose masks reach only the extra keys) are cropped.
+    The fused kernel keeps no attention matrix: saved for backward are the tiled queries, the halo keys
+    and values (at most 2x the map each) and the output.
 
     Args:
         q: scaled queries ``(B*heads, head_dim, H, W)``.
@@ -161,20 +113,34 @@ def local_window_attention(q: Tensor, k: Tensor, v: Tensor, pos_weight: Tensor, 
     Returns:
         ``(B*heads, head_dim, H, W)``.
     """
-    _, _, h, w = q.shape
+    bh, d, h, w = q.shape
     grid = coordinate_grid(h, w, q.device, q.dtype)
     pe = F.conv2d(grid, pos_weight.to(q.dtype)[:, :, None, None])  # (1, head_dim, H, W)
-    # Reflect padding happens inside the autograd functions, which keep only the padded copies.
-    logits = _WindowDot.apply(q, k - pe, window)
-    attn = logits.softmax(dim=1).to(v.dtype)
-    return _WindowAggregate.apply(attn, v, window)
+    pad = window // 2
+    (nh, th), (nw, tw) = _tiles(h), _tiles(w)
+    extra_h, extra_w = nh * th - h, nw * tw - w
+    halo_h, halo_w = th + 2 * pad, tw + 2 * pad
+
+    def halo(t: Tensor) -> Tensor:  # (BH, d, H+2p+e, W+2p+e) -> (BH, tiles, halo_h*halo_w, d)
+        t = F.pad(_reflect_pad(t, pad), (0, extra_w, 0, extra_h))
+        t = t.unfold(2, halo_h, th).unfold(3, halo_w, tw)  # (BH, d, nh, nw, halo_h, halo_w), a view
+        return t.permute(0, 2, 3, 4, 5, 1).reshape(bh, nh * nw, halo_h * halo_w, d)
+
+    qt = F.pad(q, (0, extra_w, 0, extra_h)).reshape(bh, d, nh, th, nw, tw)
+    qt = qt.permute(0, 2, 4, 3, 5, 1).reshape(bh, nh * nw, th * tw, d)
+    mask = window_mask(th, tw, window, q.device)
+    out = F.scaled_dot_product_attention(qt, halo(k - pe), halo(v.to(q.dtype)), attn_mask=mask, scale=1.0)
+    out = out.reshape(bh, nh, nw, th, tw, d).permute(0, 5, 1, 3, 2, 4).reshape(bh, d, nh * th, nw * tw)
+    return out[:, :, :h, :w].to(v.dtype)
 
 
 class FCSA(nn.Module):
     """Fusion of Convolution and Self-Attention (ACmix), efficient, any float dtype, stride 1.
 
     Parameter names follow ACmix (``conv1/2/3`` = q/k/v projections, ``conv_p``, ``fc``, ``dep_conv``,
-    ``rate1``, ``rate2``) so the reference implementation in the tests reads like the original.
+    ``rate1``, ``rate2``) so the reference implementation in the tests reads like the original. The
+    attention path calls ``self.local_attention`` (:func:`local_window_attention`), a class attribute
+    so that a reference formulation can be set on one instance (``benchmarks/old_formulations.py``).
 
     Args:
         in_channels: input channels.
@@ -214,6 +180,8 @@ class FCSA(nn.Module):
         )
         self.reset_parameters()
 
+    local_attention = staticmethod(local_window_attention)
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """ACmix init: rates 0.5, ``dep_conv`` as shift kernels (input i one-hot at ``divmod(i, k)``)."""
@@ -234,7 +202,7 @@ class FCSA(nn.Module):
         # attention path
         window = effective_window(self.window, h, w)
         scaling = float(head_dim) ** -0.5
-        out_att = local_window_attention(
+        out_att = self.local_attention(
             q.reshape(b * heads, head_dim, h, w) * scaling,
             k.reshape(b * heads, head_dim, h, w),
             v.reshape(b * heads, head_dim, h, w),
