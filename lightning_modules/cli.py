@@ -156,8 +156,10 @@ class PaperCLI(LightningCLI):
             print(f"resuming from the pre-emption checkpoint in {run_dir} (hpc_ckpt_*.ckpt)", file=sys.stderr)
         if self.subcommand in (None, "fit"):
             record_dir = run_dir
-        else:  # an evaluation is recorded in the run folder of its checkpoint, never over the fit's files
-            run_dir = run_dir_of_checkpoint(cfg.get("ckpt_path")) or run_dir
+        else:  # an evaluation is recorded in the run folder of its checkpoint (or of an explicit --name),
+            # in a new eval/ record, never over the fit's files
+            if not cfg.get("name"):
+                run_dir = run_dir_of_checkpoint(cfg.get("ckpt_path")) or run_dir
             record_dir = _same_on_all_ranks(
                 lambda: eval_record_dir(run_dir, self.subcommand, cfg.get("ckpt_path"))
             )
@@ -264,7 +266,8 @@ def print_config_with_paths(parser: Any, config: Any) -> None:
         except FileNotFoundError as err:
             lines.append(f"# --ckpt_path: {err}")
             ckpt = None
-        run_dir = run_dir_of_checkpoint(ckpt) or run_dir
+        if not cfg.get("name"):
+            run_dir = run_dir_of_checkpoint(ckpt) or run_dir
         record = eval_record_dir(run_dir, subcommand, ckpt)
         lines.append(f"# this {subcommand}'s record: {record}")
     cfg.trainer.default_root_dir = str(run_dir)
