@@ -1,16 +1,22 @@
-"""The project's command line (``python main.py {fit,validate,test,predict} --config experiments/<file>.yaml``).
+"""The command line: ``python main.py {fit,validate,test,predict} --config experiments/<file>.yaml``.
 
-A thin LightningCLI; ``main.py`` only calls :func:`main`. ``experiments/base.yaml`` (trainer defaults: checkpointing, loggers, seed) is always
-loaded first; experiment files override it. What this file adds to plain LightningCLI:
+A thin LightningCLI; ``main.py`` only calls :func:`main`. ``experiments/base.yaml`` (trainer defaults:
+checkpointing, loggers, seed) is always loaded first; experiment files override it. What this file adds:
 
 * ``data.num_classes`` is linked into ``model.init_args.num_classes``;
-* every run gets a folder ``<trainer.default_root_dir>/<experiment name>/`` (the name is the last
-  ``--config`` file's stem unless ``--name`` is given) holding ``config.yaml``, ``checkpoints/`` and the
-  logger files, so ``--ckpt_path last`` resumes the experiment and its W&B run id;
-* W&B runs offline when no W&B account is configured (``wandb sync`` uploads them later);
+* every run gets a folder ``<trainer.default_root_dir>/<name>/`` (the last ``--config`` file's stem unless
+  ``--name`` is given; the layout is in :mod:`lightning_modules.run_folder`): ``fit`` writes its
+  ``config.yaml``, checkpoints and logger files there under a run lock; each evaluation gets its own record
+  ``eval/<subcommand>-<checkpoint>/``;
+* ``--ckpt_path`` (``last``, ``best`` or a file) is resolved and read before anything is built: a missing or
+  unreadable checkpoint, or one of another architecture than the configured model, is one error;
+* W&B runs offline when no W&B account is configured (``wandb sync`` uploads them later); a fit is one W&B
+  run (its id kept for resumes), every evaluation its own (see :func:`configure_loggers`);
 * ``sync_batchnorm`` is switched off on CPU (it needs GPUs);
-* ``--test_after_fit true`` tests the best checkpoint in the same process (and the same W&B run);
-* errors in the user's input (missing dataset, unknown model, bad checkpoint) print one message.
+* ``--test_after_fit true`` tests the best and the last checkpoint in the same process and W&B run
+  (``test/best/*``, ``test/last/*``); ``predict`` writes ``predictions.csv`` (``--predict_dir``: any folder);
+* errors in the user's input (a mistyped key, a missing dataset, an unknown model, a bad checkpoint, an input
+  size the model cannot take) print one message.
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ class PaperCLI(LightningCLI):
             "--predict_dir",
             type=str | None,
             default=None,
-            help="predict: the images under this folder (recursively) instead of the datamodule's test split.",
+            help="predict: the images under this folder (recursively) instead of the test split.",
         )
         parser.add_argument("--predict_top_k", type=int, default=5, help="predict: classes per CSV row.")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -226,7 +232,7 @@ class PaperCLI(LightningCLI):
     def predict(
         self, model: Any, datamodule: Any = None, ckpt_path: str | None = None, **kwargs: Any
     ) -> None:
-        """Write ``predictions.csv`` (top-k classes with names and probabilities) into the evaluation record."""
+        """Write ``predictions.csv`` (top-k classes: names and probabilities) into the evaluation record."""
         cfg = self.config.predict
         kwargs.pop("dataloaders", None)
         kwargs["return_predictions"] = False
@@ -415,7 +421,7 @@ def wandb_run_id(run_dir: Path, resuming: bool, write: bool = True) -> str:
 
 
 def configure_checkpoints(cfg, run_dir: Path) -> None:
-    """Checkpoints in ``run_dir/checkpoints`` (so ``--ckpt_path last`` finds them); no LR monitor without a logger."""
+    """Checkpoints in ``run_dir/checkpoints`` (``--ckpt_path last`` finds them); no LR monitor without a logger."""
     if cfg.trainer.get("logger") in (False, None) and cfg.trainer.get("callbacks"):
         cfg.trainer.callbacks = [
             cb
@@ -437,7 +443,8 @@ def refuse_to_overwrite(cfg, run_dir: Path) -> None:
     if not cfg.get("ckpt_path") and last.exists() and not has_hpc_checkpoint(run_dir):
         raise RunExistsError(
             f"{run_dir} already holds a run ({last}). Resume it with `--ckpt_path last`, or start a new run "
-            f"with `--name <new name>` (or `--trainer.default_root_dir <other folder>`); nothing was overwritten."
+            "with `--name <new name>` (or `--trainer.default_root_dir <other folder>`); nothing was "
+            "overwritten."
         )
 
 
@@ -486,7 +493,8 @@ def check_input_size(model: Any, datamodule: Any) -> None:
     except Exception as err:  # noqa: BLE001 - any failure here is the input size's
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise InputSizeError(
-            f"model '{model.hparams.get('backbone', type(backbone).__name__)}' cannot take {size}x{size} inputs "
+            f"model '{model.hparams.get('backbone', type(backbone).__name__)}' cannot take {size}x{size} "
+            "inputs "
             f"({type(err).__name__}: {reason}). Set data.init_args.image_size to the model's input size (see "
             "the model's experiment YAML or timm's default_cfg['input_size'])."
         ) from None
@@ -518,8 +526,9 @@ def refuse_checkpoint_conflicts(model_cfg: Any, hparams: dict, ckpt: str) -> Non
             conflicts.append(f"{key}={hparams[key]!r} (configured: {plain(args.get(key))!r})")
     if conflicts:
         raise CheckpointMismatchError(
-            f"--ckpt_path {ckpt} was trained with {'; '.join(conflicts)}. The checkpoint's weights only fit its "
-            "own architecture: drop those arguments (or use the run's own config: --config <run>/config.yaml), "
+            f"--ckpt_path {ckpt} was trained with {'; '.join(conflicts)}. The checkpoint's weights only fit "
+            "its own architecture: drop those arguments (or use the run's own config: --config "
+            "<run>/config.yaml), "
             "or pass the file as model.init_args.pretrained to fine-tune."
         )
 

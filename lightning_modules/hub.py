@@ -53,7 +53,8 @@ def require_hub_weights(name: str) -> None:
         return
     source = cfg.hf_hub_id or cfg.url
     raise PretrainedUnavailableError(
-        f"pretrained: true needs timm's weights for '{name}' ({source}), which are not in the local cache, and "
+        f"pretrained: true needs timm's weights for '{name}' ({source}), which are not in the local cache, "
+        "and "
         "the hub cannot be reached (no network). Either download them once on a machine with internet "
         f"(python -c \"import timm; timm.create_model('{name}', pretrained=True)\", then copy "
         "~/.cache/huggingface), or give a local file: model.init_args.pretrained: /path/to/weights.pth "

@@ -1,4 +1,4 @@
-"""The run folder's lifecycle: which checkpoint ``--ckpt_path`` means, where evaluations are recorded, the lock.
+"""The run folder's lifecycle: what ``--ckpt_path`` means, where evaluations are recorded, the run lock.
 
 A run lives in ``<trainer.default_root_dir>/<name>/``::
 
@@ -73,7 +73,8 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path, subcommand: str) -> 
         if not found:
             what = "resume" if subcommand == "fit" else subcommand
             raise CheckpointNotFoundError(
-                f"--ckpt_path last: no checkpoint in {ckpt_dir}, so there is nothing to {what}.{_near_runs(run_dir)}"
+                f"--ckpt_path last: no checkpoint in {ckpt_dir}, so there is nothing to {what}."
+                f"{_near_runs(run_dir)}"
                 + (" To start a new run, leave out --ckpt_path." if subcommand == "fit" else "")
             )
         return str(found[-1])
@@ -103,7 +104,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointReadError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {reason[:200]}). It may be truncated "
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {reason[:200]}). It may be "
+            "truncated "
             "(a copy or a save that did not finish) or not a checkpoint at all; use another file, e.g. "
             "checkpoints/last.ckpt or best-*.ckpt of the run."
         ) from None
@@ -179,7 +181,8 @@ class RunLock:
 
     def _refuse(self, holder: str) -> RunLockedError:
         return RunLockedError(
-            f"{self.path.parent} is in use by another fit ({holder.strip() or 'unknown process'}). Wait for it "
+            f"{self.path.parent} is in use by another fit ({holder.strip() or 'unknown process'}). Wait for "
+            "it "
             "to finish, or give this run another --name; nothing was written. If no such process exists any "
             f"more, delete {self.path}."
         )
