@@ -421,7 +421,10 @@ def wandb_run_id(run_dir: Path, resuming: bool, write: bool = True) -> str:
 
 
 def configure_checkpoints(cfg, run_dir: Path) -> None:
-    """Checkpoints in ``run_dir/checkpoints`` (``--ckpt_path last`` finds them); no LR monitor without a logger."""
+    """Checkpoints in ``run_dir/checkpoints`` (``--ckpt_path last`` finds them).
+
+    The LR monitor is dropped when there is no logger.
+    """
     if cfg.trainer.get("logger") in (False, None) and cfg.trainer.get("callbacks"):
         cfg.trainer.callbacks = [
             cb
