@@ -100,9 +100,14 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path, subcommand: str) -> 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; one clear error for a file that is not a checkpoint."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: only the hyper-parameters are read here, the tensors stay on disk
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):  # a legacy (non-zip) file cannot be mapped: read it whole
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
         raise CheckpointReadError(
             f"{path} is not a readable checkpoint ({type(err).__name__}: {reason[:200]}). It may be "
             "truncated "
