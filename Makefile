@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 PYTEST  := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-slow bench lint
+.PHONY: install demo test test-slow test-slurm bench lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PYTEST) -q -m slow
+
+# a real single-node SLURM cluster (installs slurm-wlm + munge as root when missing); see README "SLURM"
+test-slurm: $(STAMP)
+	$(BIN)/python scripts/slurm/run_test.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

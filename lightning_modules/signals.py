@@ -14,10 +14,11 @@ across ranks) every rank saves Lightning's HPC checkpoint ``<run folder>/hpc_ckp
 from that checkpoint when the same command runs again (SLURM's requeue does exactly that); a fit that
 finishes removes its HPC checkpoints, so a later ``fit`` is not mistaken for a resume.
 
-``main.py fit`` installs the same recording handlers first thing (:func:`install_early_handlers`), so a
-signal that arrives while the job is still importing or building its data is acted on at the first
-training batch instead of killing the process (SIGUSR1's default action) or being lost. During
-``validate``/``test``/``predict`` SIGTERM goes through Lightning, which stops the run; the exit status is then
+Under SLURM ``main.py fit`` records SIGUSR1 first thing (:func:`install_early_handlers`), so a requeue signal
+that arrives while the job is still importing or building its data is acted on at the first training
+batch instead of killing the process (SIGUSR1's default action). SIGTERM before training kills the process
+(nothing to save yet); between Lightning's set-up and the first batch, and during
+``validate``/``test``/``predict``, it goes through Lightning, which stops the run; the exit status is then
 143 as well, not 0.
 """
 
@@ -46,11 +47,15 @@ def _record(signum: int, _frame) -> None:
 
 
 def install_early_handlers() -> None:
-    """Record SIGTERM (and SIGUSR1 under SLURM) from process start; :class:`SignalCheckpoint` acts on them."""
-    if threading.current_thread() is not threading.main_thread():
+    """Under SLURM, record SIGUSR1 from process start (its default action kills); SignalCheckpoint acts on it.
+
+    SIGTERM keeps its default action until training starts: a Python handler only runs when the interpreter
+    regains control, so a process blocked in C++ (a DDP rendezvous waiting for a rank that died) would
+    ignore it; before training there is nothing to save anyway.
+    """
+    if threading.current_thread() is not threading.main_thread() or not SLURMEnvironment.detect():
         return
-    signums = [signal.SIGTERM] + ([signal.SIGUSR1] if SLURMEnvironment.detect() else [])
-    for signum in signums:
+    for signum in (signal.SIGUSR1,):
         _original.setdefault(int(signum), signal.getsignal(signum))
         signal.signal(signum, _record)
 
