@@ -205,7 +205,7 @@ class Cluster:
                 raise Failure(f"{name} exited with {proc.returncode}:\n{tail}")
 
     def run(self, cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
         if check and result.returncode != 0:
             raise Failure(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
