@@ -450,3 +450,12 @@ def test_nan_validation_is_one_message_not_silently_dropped(tmp_path):
     )
     with pytest.raises(NonFiniteValidationError, match="validation loss is nan at epoch 0"):
         trainer.fit(task, datamodule=DigitsDataModule(batch_size=8, image_size=16))
+
+
+def test_model_summary_counts_real_flops(monkeypatch, tmp_path):
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    monkeypatch.setattr("sys.argv", ["main.py"])
+    built = cli.cli_main(["fit", *_args(tmp_path, "--trainer.max_steps", "1", "--test_after_fit", "false")])
+    assert tuple(built.model.example_input_array.shape) == (1, 3, 16, 16)  # the datamodule's input size
+    assert ModelSummary(built.model).total_flops > 0  # Lightning printed "Total FLOPs: 0" before
