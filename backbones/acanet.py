@@ -18,7 +18,9 @@ Registered models (``timm.create_model(name, num_classes=...)``):
 Every MC-Loss row uses ``mc_channels_per_class=3, last_stride=1`` (``backbone_kwargs``), which makes the last
 stage ``3 * num_classes`` planes wide (600 for CUB) at stride 1 (14 x 14 at 224 px), as the Mutual-Channel
 Loss reference does for ResNet-18; ``forward_features`` then returns the ``(B, 3 * num_classes, H, W)`` map
-MC-Loss reads, and the classifier is avg-pool + linear on it.
+MC-Loss reads. The classifier of the MC rows is the Mutual-Channel Loss reference head (``mc_head``, on by
+default whenever the MC stage is built): global *max* pooling of that map, then BN - FC 512 - BN - ELU - FC;
+the other rows keep ResNet's avg-pool + linear.
 
 Choices the paper leaves open (ours; the figures of the paper are not available as text):
 
@@ -38,7 +40,8 @@ Choices the paper leaves open (ours; the figures of the paper are not available 
   The paper calls this layer "a downsampling auxiliary component of FCSA" and, discussing the
   "Minus (FCSA+ACCB)" row, says that change also removed the new downsampling layer, so
   ``acanet18_no_fcsa_accb`` uses ResNet's downsampling (override with ``downsample="patchify"``).
-* **Head**: global average pooling, dropout (``drop_rate``, default 0), linear classifier (ResNet's head).
+* **Head**: global average pooling, dropout (``drop_rate``, default 0), linear classifier (ResNet's head);
+  the MC-Loss rows use the reference MC-Loss head instead (see above; dropout before its last FC).
 * **Init**: Kaiming-normal (fan_out) convs, BN gamma 1 / beta 0, no zero-init of the last BN; the FCSA
   modules re-apply their own shift-kernel init afterwards.
 * **Deployment**: :meth:`ACANet.switch_to_deploy` fuses every ACCB into one 3x3 conv with bias. The FCSA
@@ -139,6 +142,9 @@ class ACANet(nn.Module):
         accb_gamma_init: initial BN gamma of each ACCB branch.
         mc_channels_per_class: MC-Loss ``xi``; if set, the last stage has ``xi * num_classes`` planes.
         last_stride: stride of the last stage (1 for the MC-Loss recipe).
+        mc_head: the Mutual-Channel Loss reference head (global max pool, BN - FC ``mc_hidden`` - BN -
+            ELU - FC) instead of avg-pool + linear; ``None`` (default): on iff ``mc_channels_per_class``.
+        mc_hidden: hidden width of the MC head (the reference's 512).
         drop_rate: dropout before the classifier.
         global_pool: ``"avg"`` (the only pooling implemented).
     """
@@ -158,6 +164,8 @@ class ACANet(nn.Module):
         accb_gamma_init: float = 1.0,
         mc_channels_per_class: int | None = None,
         last_stride: int = 2,
+        mc_head: bool | None = None,
+        mc_hidden: int = 512,
         drop_rate: float = 0.0,
         global_pool: Literal["avg"] = "avg",
     ) -> None:
@@ -223,9 +231,16 @@ class ACANet(nn.Module):
             self.feature_info.append(dict(num_chs=planes, reduction=reduction, module=f"layer{index}"))
 
         self.num_features = self.head_hidden_size = in_channels
-        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.mc_head = mc_channels_per_class is not None if mc_head is None else mc_head
+        if self.mc_head:
+            self.global_pool = MCHiddenLayer(in_channels, mc_hidden, pool="max")
+            self.head_hidden_size = mc_hidden
+        else:
+            self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.head_drop = nn.Dropout(drop_rate)
-        self.fc: nn.Module = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc: nn.Module = (
+            nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        )
         self._init_weights()
 
     @torch.no_grad()
@@ -254,7 +269,7 @@ class ACANet(nn.Module):
         if global_pool != "avg":
             raise ModelConfigError(f"ACANet supports global_pool='avg' only, got {global_pool!r}")
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -320,6 +335,30 @@ class ACANet(nn.Module):
         return mapped
 
 
+class MCHiddenLayer(nn.Module):
+    """The Mutual-Channel Loss reference head up to its last FC: pool, flatten, BN - FC - BN - ELU.
+
+    Args:
+        in_features: channels of the pooled map (times ``grid ** 2`` inputs of the first BN/FC).
+        hidden: width of the hidden FC (the reference's 512).
+        pool: ``"max"`` (global max pool, the ResNet-18 reference) or ``"adaptive_max"`` with ``grid``
+            (the VGG-16 reference's 2x2/2 max-pool of the 14 x 14 map, i.e. a 7 x 7 grid at 224 px).
+        grid: output grid of the adaptive max-pool.
+    """
+
+    def __init__(self, in_features: int, hidden: int = 512, pool: str = "max", grid: int = 1) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveMaxPool2d(grid if pool == "adaptive_max" else 1)
+        flat = in_features * (grid * grid if pool == "adaptive_max" else 1)
+        self.bn_in = nn.BatchNorm1d(flat)
+        self.fc_hidden = nn.Linear(flat, hidden)
+        self.bn_hidden = nn.BatchNorm1d(hidden)
+        self.act = nn.ELU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn_hidden(self.fc_hidden(self.bn_in(self.pool(x).flatten(1)))))
+
+
 def _divisor_at_most(channels: int, heads: int) -> int:
     """Largest head count <= ``heads`` dividing ``channels`` (e.g. 3 for the 306-plane MC stage of Flowers)."""
     return next(h for h in range(min(heads, channels), 0, -1) if channels % h == 0)
@@ -366,6 +405,7 @@ def acanet18_no_fcsa_accb(pretrained: bool = False, **kwargs: Any) -> ACANet:
 
 @register_model
 def resnet18_mc(pretrained: bool = False, **kwargs: Any) -> ACANet:
-    """ResNet-18 for MC-Loss (Table 2): timm's resnet18 layout, last stage ``3 * num_classes`` planes, stride 1."""
+    """ResNet-18 for MC-Loss (Table 2): resnet18 layout, last stage ``3 * num_classes`` planes at stride 1,
+    the MC-Loss reference head (global max pool, BN - FC 512 - BN - ELU - FC)."""
     defaults = dict(use_accb=False, use_fcsa=False, downsample="conv", mc_channels_per_class=3, last_stride=1)
     return _create_acanet("resnet18_mc", pretrained, defaults, **kwargs)

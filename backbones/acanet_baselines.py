@@ -12,8 +12,11 @@ straight from timm (``resnet18``, ``vgg16``, ``mobilenetv3_large_100``, ``densen
   truncated-normal init.
 * ``vgg16_mc``: timm's ``vgg16`` whose last conv has ``mc_channels_per_class * num_classes`` filters (600 for
   CUB), for the MC-Loss rows. As in the Mutual-Channel Loss reference code, MC-Loss reads the map *before*
-  the last max-pool (600 x 14 x 14 at 224 px): ``forward_features`` stops there and ``forward_head`` applies
-  that max-pool, then VGG's 4096-4096 MLP and the classifier.
+  the last max-pool (600 x 14 x 14 at 224 px): ``forward_features`` stops there, and the head is the
+  reference's: the 2x2/2 max-pool (an adaptive max-pool to 7 x 7, the same at 224 px and defined at smaller
+  smoke sizes), flatten (600 x 7 x 7), BN - FC 512 - BN - ELU - FC. VGG's 4096-4096 MLP is not used. The
+  reference's from-scratch VGG-16 has BN in its conv layers; ours keeps timm's ``vgg16`` trunk (no BN) so
+  that the MC row differs from the other VGG-16 rows of Table 2 by loss and head only.
 (ResNet-18 with MC-Loss is ``resnet18_mc`` in :mod:`backbones.acanet`.)
 """
 
@@ -27,6 +30,7 @@ from timm.models import register_model
 from timm.models.vgg import VGG, cfgs
 from torch import Tensor, nn
 
+from backbones.acanet import MCHiddenLayer
 from backbones.errors import ModelConfigError
 
 
@@ -83,14 +87,51 @@ class GoogLeNet(torchvision.models.GoogLeNet):
         return self.forward_head(self.forward_features(x))
 
 
-class VGGMC(VGG):
-    """timm VGG whose ``forward_features`` stops before the last max-pool (the map MC-Loss reads)."""
+class VGGMC(nn.Module):
+    """VGG-16 conv trunk (timm's ``vgg16`` layers) up to the map MC-Loss reads, with the MC-Loss reference head.
+
+    Args:
+        cfg: timm VGG layer config whose last conv is ``mc_channels_per_class * num_classes`` wide.
+        num_classes: classifier outputs (0: no classifier).
+        in_chans: input channels.
+        hidden: hidden width of the head (the reference's 512).
+        drop_rate: dropout before the last FC.
+    """
+
+    def __init__(self, cfg: list, num_classes: int = 1000, in_chans: int = 3, hidden: int = 512,
+                 drop_rate: float = 0.0) -> None:  # fmt: skip
+        super().__init__()
+        trunk = VGG(cfg, num_classes=1, in_chans=in_chans)
+        self.features = trunk.features[:-1]  # without the last max-pool: the head pools
+        self.feature_info = trunk.feature_info
+        self.num_classes = num_classes
+        self.num_features = cfg[-2]
+        self.head_hidden_size = hidden
+        self.pre_logits = MCHiddenLayer(self.num_features, hidden, pool="adaptive_max", grid=7)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc: nn.Module = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.features[:-1](x)
+        return self.features(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return super().forward_head(self.features[-1](x), pre_logits=pre_logits)
+        x = self.head_drop(self.pre_logits(x))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model

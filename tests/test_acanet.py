@@ -323,7 +323,7 @@ def test_mc_last_stage(name: str) -> None:
     model = timm.create_model(name, num_classes=102, mc_channels_per_class=3, last_stride=1)
     feats = model.forward_features(torch.randn(2, 3, 64, 64))
     assert feats.shape == (2, 306, 4, 4)
-    assert model.num_features == 306 and model(torch.randn(1, 3, 64, 64)).shape == (1, 102)
+    assert model.num_features == 306 and model(torch.randn(2, 3, 64, 64)).shape == (2, 102)
     assert model.layer4[0].conv2.heads == 3
 
 
@@ -346,3 +346,28 @@ def test_grad_checkpointing_and_channels_last_match() -> None:
     model(x.contiguous(memory_format=torch.channels_last)).sum().backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("resnet18_mc", {}), ("vgg16_mc", {}), ("acanet18", {"mc_channels_per_class": 3, "last_stride": 1})],
+)
+def test_mc_rows_use_the_reference_head(name: str, kwargs: dict) -> None:
+    """MC-Loss rows: max-pooled 3*C-channel map -> BN - FC 512 - BN - ELU -> FC (the MC-Loss reference)."""
+    from backbones.acanet import MCHiddenLayer
+
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    hidden = next(m for m in model.modules() if isinstance(m, MCHiddenLayer))
+    assert isinstance(hidden.pool, torch.nn.AdaptiveMaxPool2d) and isinstance(hidden.act, torch.nn.ELU)
+    assert hidden.fc_hidden.out_features == 512 == model.head_hidden_size
+    assert model.get_classifier().in_features == 512
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape[1] == 30
+        if name == "vgg16_mc":  # the reference's 2x2/2 max-pool of the 14 x 14 map: a 7 x 7 grid
+            assert hidden.pool.output_size == 7 and hidden.bn_in.num_features == 30 * 49
+        else:  # global max pooling
+            assert torch.equal(hidden.pool(feats).flatten(1), feats.amax(dim=(2, 3)))
+    plain = timm.create_model("acanet18", num_classes=10).eval()
+    assert not any(isinstance(m, MCHiddenLayer) for m in plain.modules())
