@@ -131,6 +131,9 @@ class SignalCheckpoint(Callback):
         if trainer.is_global_zero:
             resume = requeued or "run the same command again to resume from it"
             print(f"{name} received: stopped after {where}; saved {path}; {resume}.", file=sys.stderr)
+        # every rank waits for rank 0's requeue: under `srun --kill-on-bad-exit` the first rank to exit
+        # non-zero takes the others down, rank 0 included
+        trainer.strategy.barrier("SignalCheckpoint")
         raise SIGTERMException(128 + signum)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:

@@ -7,7 +7,8 @@ localhost (2 CPUs, no GPUs) with its own state, spool and log folders in a tempo
 happens. Then it submits the README's sbatch script (1 node x 2 tasks, CPU, gloo, the embedded digits data):
 
 1. ``whole``: to completion;
-2. ``cut``: with a 2-minute time limit, so SLURM sends ``SIGUSR1`` mid-run (``--signal=USR1@60``): the ranks
+2. ``cut``: with a time limit (2 minutes or more, from ``whole``'s timing) such that SLURM sends
+   ``SIGUSR1`` mid-training (``--signal=USR1@60``): the ranks
    save Lightning's ``hpc_ckpt_N.ckpt``, requeue the job, the requeued attempt resumes from it; checked: the
    HPC checkpoint was written, the job ran more than once (``SLURM_RESTART_COUNT``), the final weights
    equal ``whole``'s bit for bit, and every attempt logged into one W&B run id (offline);
@@ -20,6 +21,8 @@ Exit status: 0 passed, 1 failed, 77 skipped. ``--keep`` keeps the temporary fold
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import re
 import shutil
@@ -35,14 +38,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 SKIP = 77
 DAEMONS = ("munged", "slurmctld", "slurmd")
-# a short run: resnet10t on 16x16 digits, 2 ranks x batch 16; long enough (about a minute of training) that
-# the 2-minute job is signalled mid-run, short enough for a few minutes in all
+# a short run: resnet10t on 16x16 digits, 2 ranks x batch 16, 3 epochs of 20 steps; the interrupted job's time limit is
+# chosen from the uninterrupted job's timing so that the signal lands mid-training
 FIT_ARGS = [
     "--config", "experiments/quickstart.yaml",
     "--model.init_args.backbone", "resnet10t",
     "--data.init_args.image_size", "16",
     "--data.init_args.batch_size", "16",
-    "--trainer.max_epochs", "6",
+    "--trainer.max_epochs", "3",
+    "--trainer.limit_train_batches", "20",
     "--trainer.limit_val_batches", "2",
     "--trainer.log_every_n_steps", "5",
     "--test_after_fit", "false",
@@ -197,6 +201,29 @@ class Cluster:
                     proc.wait()
             log(f"stopped {name} (pid {proc.pid}, exit {proc.returncode})")
         self.procs = []
+        # what the daemons started and left behind (slurmstepd, job processes): they carry our SLURM_CONF
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            left = self.leftovers()
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if left:
+                log(f"sent {sig.name} to leftover job processes {left}")
+                time.sleep(3)
+        check(not self.leftovers(), f"processes of this cluster still running: {self.leftovers()}")
+
+    def leftovers(self) -> list[int]:
+        mark = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for proc_dir in Path("/proc").iterdir():
+            if not proc_dir.name.isdigit() or int(proc_dir.name) == os.getpid():
+                continue
+            try:
+                if mark in (proc_dir / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc_dir.name))
+            except OSError:
+                continue
+        return found
 
     def check_daemons(self) -> None:
         for name, proc in self.procs:
@@ -277,12 +304,24 @@ def job_output(runs: Path, name: str, job: str) -> str:
 def scenario(cluster: Cluster, runs: Path) -> None:
     import torch
 
-    # 1. uninterrupted
+    # 1. uninterrupted; timed: start-up (until Lightning's model summary) and training
     job = cluster.submit(runs, "whole")
-    info, states = cluster.wait_job(job, 900)
+    times: dict[str, float] = {}
+
+    def note_times(info) -> None:
+        if info.get("JobState") == "RUNNING":
+            times.setdefault("running", time.time())
+            if "training" not in times and "| Name" in job_output(runs, "whole", job):
+                times["training"] = time.time()
+
+    info, states = cluster.wait_job(job, 1800, on_poll=note_times)
+    times["end"] = time.time()
     out = job_output(runs, "whole", job)
     check(info["JobState"] == "COMPLETED" and info.get("ExitCode") == "0:0", f"whole: {info}\n{out[-3000:]}")
     whole = final_weights(runs / "whole")
+    startup = times.get("training", times["end"]) - times.get("running", times["end"])
+    train = times["end"] - times.get("training", times["end"])
+    log(f"whole: start-up {startup:.0f} s, training {train:.0f} s")
 
     # 2. time limit -> SIGUSR1 mid-run -> HPC checkpoint, requeue, resume
     seen_hpc: set[str] = set()
@@ -290,7 +329,15 @@ def scenario(cluster: Cluster, runs: Path) -> None:
     def note_hpc(_info) -> None:
         seen_hpc.update(p.name for p in (runs / "cut").glob("hpc_ckpt_*.ckpt"))
 
-    job = cluster.submit(runs, "cut", "--time=2")
+    # SLURM sends --signal=USR1@60 between 90 and 60 s before the limit (its timer ticks every 30 s): pick the
+    # limit so that the signal lands half-way through training; the requeued attempt then finishes
+    limit_min = max(2, math.ceil((startup + 0.5 * train + 75) / 60))
+    check(
+        startup + train > limit_min * 60 - 60,
+        f"training ({train:.0f} s) too short for a signal mid-run under a {limit_min}-minute limit: raise "
+        "--trainer.max_epochs in FIT_ARGS",
+    )
+    job = cluster.submit(runs, "cut", f"--time={limit_min}")
     info, states = cluster.wait_job(job, 1200, on_poll=note_hpc)
     out = job_output(runs, "cut", job)
     check(info["JobState"] == "COMPLETED", f"cut ended {info['JobState']} (states {states}):\n{out[-4000:]}")
