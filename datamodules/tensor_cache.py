@@ -14,27 +14,18 @@ to a square storage size, into a ``uint8`` tensor ``(N, 3, S, S)``:
 name keyed by the dataset, split, root, storage size and a fingerprint of the split's samples (paths,
 sizes and modification times of image files; the pixels and labels of in-memory datasets), so a later run
 loads them in a second instead of decoding again. They are then kept on the target device (the GPU the
-trainer uses, with ``device: cuda`` or ``auto``) and every batch is gathered and augmented there, batched:
+trainer uses, with ``device: cuda`` or ``auto``) and every batch is gathered and augmented there, per
+sample, with kornia (:func:`kornia_pipeline`): the inner datamodule's own torchvision transform
+(``build_train_transform()`` / ``build_eval_transform()``) is translated step by step into
+``kornia.augmentation`` ops (``RandomResizedCrop``, ``RandomCrop`` with padding, ``CenterCrop``,
+``Resize``, flips, ``RandomRotation``, ``ColorJitter``, ``Normalize``), so the augmentation is described
+once, by the datamodule; a step without a batched equivalent is refused.
 
-* ``random``: zero padding ``crop_padding`` + random ``image_size`` crop, by integer indexing (exactly the
-  inner ``RandomCrop``; if ``S != resize_size`` the batch is first resized to ``resize_size``);
-* ``random_resized``: torchvision's RandomResizedCrop parameter sampling (``scale``, ratio 3/4-4/3, ten
-  tries then the centre fallback) vectorised over the batch, applied with one ``F.grid_sample`` over
-  per-sample affine grids (bilinear; no antialiasing, so keep ``S`` near ``image_size``);
-* ``center`` / ``resize``: the deterministic crop or resize;
-* horizontal / vertical flips with probabilities ``hflip`` / ``vflip``; rotation (``rotation`` degrees,
-  nearest, zero fill, like ``v2.RandomRotation``); ``color_jitter`` as brightness, contrast and saturation
-  factors (applied in that fixed order, where torchvision draws a random order per image);
-* conversion to ``float32`` (or ``bfloat16`` with ``dtype``) and normalisation with the inner ``mean``/``std``.
-
-Evaluation batches apply the inner evaluation geometry (centre crop ``image_size`` of the ``resize_size``
-image, or a plain resize) and the same normalisation; with ``storage_size == resize_size`` they equal the
-inner datamodule's evaluation pipeline exactly for square images.
-
-Differences from the inner PIL pipeline, by design: a non-square image is stored as its centre square, so
-``random_resized`` crops are drawn from that square rather than from the whole picture; resampling happens
-on the stored ``uint8`` image (two resizes where torchvision does one when ``S`` differs from the size the
-inner pipeline resizes to).
+With ``storage_size == resize_size`` evaluation batches equal the inner evaluation pipeline for square
+images. Differences from the inner PIL pipeline, by design: a non-square image is stored as its centre
+square, so random crops are drawn from that square rather than from the whole picture; resampling
+happens on the stored image (two resizes where torchvision does one when ``S`` differs from the size the
+inner pipeline resizes to); kornia's bilinear ``RandomResizedCrop`` does not antialias.
 
 Batches are served without DataLoader workers: a seeded permutation per epoch (same on every rank),
 sharded by global rank (``perm[rank::world_size]``, truncated to equal shard sizes for training so every
@@ -66,10 +57,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import kornia.augmentation as K
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -80,193 +71,111 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision RandomResizedCrop's default aspect-ratio range
 
 
 # ---------------------------------------------------------------------------------------------- batch augmentation
+def _square(size: Any) -> int:
+    """The side of a square ``size`` (an int, ``[s]`` or ``(s, s)``); refuses other shapes."""
+    sizes = [int(size)] if isinstance(size, int) else [int(s) for s in size]
+    if len(set(sizes)) != 1:
+        raise DataConfigError(f"TensorCacheDataModule needs square sizes, got {size}")
+    return sizes[0]
+
+
+def kornia_pipeline(transform: v2.Compose, storage_size: int) -> tuple[nn.Module, float]:
+    """Translate a datamodule's torchvision ``v2.Compose`` into a kornia batch pipeline.
+
+    The datamodule's transform is the one description of its augmentation; this maps each of its steps
+    to the kornia op that draws the same per-sample randomness on a batch of square images of side
+    ``storage_size``: ``RandomResizedCrop``, ``Resize``, ``RandomCrop`` (padding, ``pad_if_needed``),
+    ``CenterCrop``, horizontal/vertical flips, ``RandomRotation``, ``ColorJitter`` and ``Normalize``.
+    ``ToImage``/``ToDtype`` become the uint8 -> [0, 1] conversion. A resize to the size the images
+    already have is skipped. Any other step is refused (it would be silently dropped otherwise).
+
+    Returns:
+        ``(pipeline, scale)``: the ``AugmentationSequential`` and the factor applied to uint8 pixels first.
+    """
+    ops: list[nn.Module] = []
+    side = int(storage_size)
+    scale = 1.0
+    for t in transform.transforms:
+        if isinstance(t, v2.ToImage):
+            continue
+        if isinstance(t, v2.ToDtype):
+            scale = 1.0 / 255.0 if t.scale else 1.0
+        elif isinstance(t, v2.RandomResizedCrop):
+            s = _square(t.size)
+            ops.append(
+                K.RandomResizedCrop((s, s), scale=tuple(t.scale), ratio=tuple(t.ratio), align_corners=False)
+            )
+            side = s
+        elif isinstance(t, v2.Resize):
+            s = _square(t.size)  # stored images are square: a shorter-side resize is a square one
+            if s != side:
+                ops.append(K.Resize((s, s), antialias=bool(t.antialias), align_corners=False))
+            side = s
+        elif isinstance(t, v2.RandomCrop):
+            s = _square(t.size)
+            padding = tuple(t.padding) if t.padding else None
+            ops.append(K.RandomCrop((s, s), padding=padding, pad_if_needed=t.pad_if_needed, fill=0))
+            side = s
+        elif isinstance(t, v2.CenterCrop):
+            s = _square(t.size)
+            ops.append(K.CenterCrop((s, s)))
+            side = s
+        elif isinstance(t, v2.RandomHorizontalFlip):
+            ops.append(K.RandomHorizontalFlip(p=t.p))
+        elif isinstance(t, v2.RandomVerticalFlip):
+            ops.append(K.RandomVerticalFlip(p=t.p))
+        elif isinstance(t, v2.RandomRotation):
+            ops.append(K.RandomRotation(list(t.degrees), resample="nearest", p=1.0))
+        elif isinstance(t, v2.ColorJitter):
+            args = {k: getattr(t, k) or 0.0 for k in ("brightness", "contrast", "saturation", "hue")}
+            ops.append(K.ColorJitter(**args, p=1.0))
+        elif isinstance(t, v2.Normalize):
+            ops.append(K.Normalize(mean=torch.tensor(t.mean), std=torch.tensor(t.std)))
+        else:
+            raise DataConfigError(
+                f"TensorCacheDataModule: no batched equivalent of the datamodule's {type(t).__name__} step; "
+                "train from the datamodule itself (DataLoader workers) or extend kornia_pipeline"
+            )
+    return K.AugmentationSequential(*ops), scale
+
+
 class BatchAugment:
-    """Batched, device-side version of a :class:`ClassificationDataModule`'s train or eval transform.
+    """The datamodule's train or eval transform applied to a batch on its device (kornia, per sample).
 
     Args:
-        dm: the datamodule whose settings (``image_size``, ``resize_size``, ``train_crop``, ``crop_padding``,
-            ``scale``, ``hflip``, ``vflip``, ``rotation``, ``color_jitter``, ``mean``, ``std``) are applied.
+        dm: the datamodule; its ``build_train_transform()`` / ``build_eval_transform()`` are translated by
+            :func:`kornia_pipeline`.
         storage_size: side ``S`` of the stored square ``uint8`` images.
         train: training augmentation (random) or the deterministic evaluation transform.
-        dtype: dtype of the returned batch (and of the float arithmetic).
+        dtype: dtype of the returned batch.
     """
 
     def __init__(
         self, dm: ClassificationDataModule, storage_size: int, train: bool, dtype: torch.dtype = torch.float32
     ) -> None:
-        self.size = int(dm.image_size)
-        self.resize_size = int(dm.resize_size)
-        self.mode = dm.train_crop
-        self.padding = int(dm.crop_padding or 0)
-        self.scale = tuple(float(s) for s in dm.scale)
-        self.hflip = float(dm.hflip) if train else 0.0
-        self.vflip = float(dm.vflip) if train else 0.0
-        self.rotation = float(dm.rotation) if train else 0.0
-        self.jitter = float(dm.color_jitter) if train else 0.0
-        self.storage = int(storage_size)
+        transform = dm.build_train_transform() if train else dm.build_eval_transform()
+        self.pipeline, self.scale = kornia_pipeline(transform, storage_size)
         self.train = train
         self.dtype = dtype
-        mean = torch.tensor(dm.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(dm.std, dtype=torch.float32).view(1, 3, 1, 1)
-        # x_norm = (x / 255 - mean) / std = x * a + b, on uint8 values x
-        self._a_cpu, self._b_cpu = 1.0 / (255.0 * std), -mean / std
-        self._consts: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
-    # -------------------------------------------------------------- helpers
-    def _norm_consts(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        if device not in self._consts:
-            self._consts[device] = (self._a_cpu.to(device), self._b_cpu.to(device))
-        return self._consts[device]
-
-    def _float(self, x: Tensor) -> Tensor:
-        return x.to(self.dtype) if x.dtype == torch.uint8 else x
-
-    def _resize(self, x: Tensor, size: int) -> Tensor:
-        """Square resize of a batch (bilinear with antialias, like ``v2.Resize``); float result."""
-        if x.shape[-1] == size and x.shape[-2] == size:
-            return x
-        out = F.interpolate(
-            x.to(torch.float32), size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
-        return out.round_().clamp_(
-            0, 255
-        )  # stay on the uint8 grid, like a torchvision resize of a uint8 image
-
-    @staticmethod
-    def _center(x: Tensor, size: int) -> Tensor:
-        h, w = x.shape[-2:]
-        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-        return x[..., top : top + size, left : left + size]
-
-    def _flip(self, x: Tensor, gen: torch.Generator | None) -> Tensor:
-        b = x.shape[0]
-        if self.hflip > 0:
-            flip = torch.rand(b, device=x.device, generator=gen) < self.hflip
-            x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
-        if self.vflip > 0:
-            flip = torch.rand(b, device=x.device, generator=gen) < self.vflip
-            x = torch.where(flip.view(b, 1, 1, 1), x.flip(-2), x)
-        return x
-
-    # -------------------------------------------------------------- geometric ops
-    def _random_crop(self, x: Tensor, gen: torch.Generator | None) -> Tensor:
-        """Zero-pad by ``padding`` and take a random ``size`` crop per sample (integer indexing, exact)."""
-        if x.shape[-1] != self.resize_size:
-            x = self._resize(x, self.resize_size)
-        p = self.padding
-        if p:
-            x = F.pad(x, (p, p, p, p))
-        b, c, h, w = x.shape
-        s = self.size
-        if h < s or w < s:  # pad_if_needed=True in the inner RandomCrop
-            x = F.pad(x, (0, max(0, s - w), 0, max(0, s - h)))
-            b, c, h, w = x.shape
-        top = (torch.rand(b, device=x.device, generator=gen) * (h - s + 1)).long().clamp_(max=h - s)
-        left = (torch.rand(b, device=x.device, generator=gen) * (w - s + 1)).long().clamp_(max=w - s)
-        ar = torch.arange(s, device=x.device)
-        rows = (top[:, None] + ar[None, :]).view(b, 1, s, 1).expand(b, c, s, w)
-        x = x.gather(2, rows)
-        cols = (left[:, None] + ar[None, :]).view(b, 1, 1, s).expand(b, c, s, s)
-        return x.gather(3, cols)
-
-    def _rrc_boxes(
-        self, b: int, height: int, width: int, device: torch.device, gen: torch.Generator | None
-    ) -> Tensor:
-        """Vectorised ``RandomResizedCrop.get_params``: ``(B, 4)`` boxes ``(top, left, h, w)`` in pixels."""
-        tries = 10
-        area = float(height * width)
-        u = torch.rand(b, tries, 4, device=device, generator=gen, dtype=torch.float64)
-        target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[..., 0])
-        log_r = math.log(_RATIO[0]) + (math.log(_RATIO[1]) - math.log(_RATIO[0])) * u[..., 1]
-        ratio = torch.exp(log_r)
-        w = torch.round(torch.sqrt(target * ratio))
-        h = torch.round(torch.sqrt(target / ratio))
-        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-        top = torch.floor(u[..., 2] * (height - h + 1))
-        left = torch.floor(u[..., 3] * (width - w + 1))
-        first = torch.argmax(ok.to(torch.int8), dim=1)  # first valid try (0 if none)
-        pick = lambda t: t.gather(1, first[:, None]).squeeze(1)  # noqa: E731
-        boxes = torch.stack([pick(top), pick(left), pick(h), pick(w)], dim=1)
-        # fallback (no valid try): the whole image, clamped to the ratio range; centred
-        in_ratio = width / height
-        if in_ratio < _RATIO[0]:
-            fw, fh = width, int(round(width / _RATIO[0]))
-        elif in_ratio > _RATIO[1]:
-            fh, fw = height, int(round(height * _RATIO[1]))
-        else:
-            fw, fh = width, height
-        fallback = torch.tensor(
-            [(height - fh) // 2, (width - fw) // 2, fh, fw], device=device, dtype=torch.float64
-        )
-        any_ok = ok.any(dim=1, keepdim=True)
-        return torch.where(any_ok, boxes, fallback.expand(b, 4))
-
-    def _random_resized_crop(self, x: Tensor, gen: torch.Generator | None) -> Tensor:
-        """Random resized crops of every sample with one ``grid_sample`` over per-sample affine grids."""
-        b, _, height, width = x.shape
-        boxes = self._rrc_boxes(b, height, width, x.device, gen).to(torch.float32)
-        top, left, h, w = boxes.unbind(1)
-        theta = torch.zeros(b, 2, 3, device=x.device, dtype=torch.float32)
-        # align_corners=False: normalised -1..1 spans pixel edges, so box [left, left + w] maps to
-        # centre (2 left + w) / W - 1 and half-extent w / W
-        theta[:, 0, 0] = w / width
-        theta[:, 0, 2] = (2 * left + w) / width - 1
-        theta[:, 1, 1] = h / height
-        theta[:, 1, 2] = (2 * top + h) / height - 1
-        grid = F.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
-        xf = x.to(torch.float32) if x.dtype == torch.uint8 else x.float()
-        out = F.grid_sample(xf, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return out
-
-    def _rotate(self, x: Tensor, gen: torch.Generator | None) -> Tensor:
-        """Rotate every sample by U(-rotation, rotation) degrees about its centre (nearest, zero fill)."""
-        b = x.shape[0]
-        angle = (torch.rand(b, device=x.device, generator=gen) * 2 - 1) * math.radians(self.rotation)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        theta = torch.zeros(b, 2, 3, device=x.device, dtype=torch.float32)
-        theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
-        theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-
-    def _jitter(self, x: Tensor, gen: torch.Generator | None) -> Tensor:
-        """Brightness, contrast and saturation factors in ``[1 - s, 1 + s]`` per sample, on 0..255 values."""
-        b = x.shape[0]
-        s = self.jitter
-        f = 1 + (torch.rand(b, 3, device=x.device, generator=gen) * 2 - 1) * s
-        f = f.clamp_(min=0).view(b, 3, 1, 1, 1).to(x.dtype)
-        x = (x * f[:, 0]).clamp_(0, 255)
-        gray = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-        x = (x * f[:, 1] + gray.mean(dim=(2, 3), keepdim=True) * (1 - f[:, 1])).clamp_(0, 255)
-        gray = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-        return (x * f[:, 2] + gray * (1 - f[:, 2])).clamp_(0, 255)
-
-    # -------------------------------------------------------------- entry point
     def __call__(self, x: Tensor, gen: torch.Generator | None = None) -> Tensor:
-        """Augment (train) or transform (eval) a ``uint8 (B, 3, S, S)`` batch into a normalised float batch."""
-        if self.train and self.mode == "random_resized":
-            x = self._random_resized_crop(x, gen)
-        elif self.train and self.mode == "random":
-            x = self._random_crop(x, gen)
-        elif self.mode == "resize":
-            x = self._resize(x, self.size)
-        else:  # eval geometry, and train_crop="center"
-            if x.shape[-1] != self.resize_size:
-                x = self._resize(self._center(x, min(x.shape[-2:])), self.resize_size)
-            x = self._center(x, self.size)
-        x = self._flip(x, gen)
-        if self.rotation > 0:
-            x = self._rotate(x, gen)
-        x = x.to(torch.float32) if self.dtype == torch.float32 or not x.is_cuda else x.to(self.dtype)
-        if self.jitter > 0:
-            x = self._jitter(x, gen)
-        a, b = self._norm_consts(x.device)
-        x = torch.addcmul(b.to(x.dtype), x, a.to(x.dtype))
-        return x.to(self.dtype).contiguous()
+        """Augment (train) or transform (eval) a ``uint8 (B, 3, S, S)`` batch into a normalised float batch.
+
+        kornia draws its parameters from torch's CPU generator; with ``gen`` the draw is seeded from it, so
+        a loader's epoch reproduces its augmentation (the global generator is left as it was).
+        """
+        xf = x.float().mul_(self.scale) if x.dtype == torch.uint8 else x.float()
+        if gen is None or not self.train:
+            out = self.pipeline(xf)
+        else:
+            seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
+            with torch.random.fork_rng(devices=[]):
+                torch.random.default_generator.manual_seed(seed)
+                out = self.pipeline(xf)
+        return out.to(self.dtype).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------- batch serving

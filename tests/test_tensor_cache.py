@@ -5,13 +5,16 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import kornia.augmentation as K
 import lightning as L
 import pytest
 import torch
 import yaml
+from torchvision.transforms import v2
 
 from datamodules import CIFAR10DataModule, ImageFolderDataModule
-from datamodules.tensor_cache import BatchAugment, DeviceBatchLoader, TensorCacheDataModule
+from datamodules.base import DataConfigError
+from datamodules.tensor_cache import BatchAugment, DeviceBatchLoader, TensorCacheDataModule, kornia_pipeline
 from tests.dataset_fixtures import build_dataset_fixture
 
 
@@ -68,6 +71,7 @@ def test_cached_tensors_hold_the_decoded_pixels(cifar_args, tmp_path):
     assert images.dtype == torch.uint8 and images.shape == (20, 3, 32, 32)
     assert torch.equal(images, inner.train_set.images)
     assert torch.equal(labels, inner.train_set.labels)
+    assert dm.split_sizes() == inner.split_sizes()  # the inner datamodule's train/val/test split
 
 
 # ---------------------------------------------------------------------------------------------- batches
@@ -135,15 +139,15 @@ def test_random_crop_with_padding_and_flip_are_exact(cifar_args):
     # padding 4: every output is one of the 9 x 9 windows of the zero-padded (normalised) image
     aug = _augment(inner, crop_padding=4, hflip=0.0, vflip=0.0)
     out = aug(images, torch.Generator().manual_seed(0))
-    zero = BatchAugment(inner, 40, train=False)
-    zero.resize_size = zero.size = 40
-    padded_norm = zero(torch.nn.functional.pad(images, (4, 4, 4, 4)))
+    mean = torch.tensor(inner.mean).view(1, 3, 1, 1)
+    std = torch.tensor(inner.std).view(1, 3, 1, 1)
+    padded_norm = (torch.nn.functional.pad(images, (4, 4, 4, 4)).float() / 255 - mean) / std
     offsets = []
     for i in range(len(images)):
         hits = [
             (dy, dx)
             for dy, dx in itertools.product(range(9), range(9))
-            if torch.equal(out[i], padded_norm[i, :, dy : dy + 32, dx : dx + 32])
+            if torch.allclose(out[i], padded_norm[i, :, dy : dy + 32, dx : dx + 32], atol=1e-5, rtol=0)
         ]
         assert hits, f"sample {i} is not a window of its padded image"
         offsets.append(hits[0])
@@ -170,23 +174,44 @@ def test_augmentation_is_random_across_epochs_and_reproducible(cifar_args, tmp_p
 def test_random_resized_crop_boxes_and_identity(folder_args):
     inner = ImageFolderDataModule(**folder_args, batch_size=4, num_workers=0, image_size=32)
     aug = _augment(inner, hflip=0.0, scale=(0.08, 1.0))
-    gen = torch.Generator().manual_seed(0)
-    boxes = aug._rrc_boxes(4096, 37, 37, torch.device("cpu"), gen)
-    top, left, h, w = boxes.unbind(1)
+    crop = aug.pipeline[0]  # kornia RandomResizedCrop, from the datamodule's v2.RandomResizedCrop
+    assert isinstance(crop, K.RandomResizedCrop)
+    torch.manual_seed(0)
+    boxes = crop.forward_parameters(torch.Size([4096, 3, 37, 37]))["src"]  # (B, 4, 2) corners (x, y)
+    left, top = boxes[:, 0, 0], boxes[:, 0, 1]
+    w = boxes[:, 1, 0] - left + 1
+    h = boxes[:, 2, 1] - top + 1
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 37).all() and (left + w <= 37).all()
     area = h * w / 37**2
     assert area.min() >= 0.05 and area.max() <= 1.0 and area.std() > 0.1  # scale range, not constant
     ratio = w / h
     assert ratio.min() > 0.6 and ratio.max() < 1.6
 
-    # scale (1, 1) on a square image at the output size: the identity grid, i.e. the image itself
+    # scale (1, 1) on a square image at the output size: the image itself (flipped with hflip 1)
     x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    aug_full = _augment(inner, scale=(1.0, 1.0), hflip=1.0)
-    aug_full.size = 32
+    aug_full = BatchAugment(
+        ImageFolderDataModule(**folder_args, image_size=32, scale=(1.0, 1.0), hflip=1.0), 32, train=True
+    )
     out = aug_full(x, torch.Generator().manual_seed(1))
-    expected = BatchAugment(inner, 32, train=False)
-    expected.resize_size = 32
-    torch.testing.assert_close(out, expected(x).flip(-1), atol=1e-4, rtol=0)
+    mean = torch.tensor(inner.mean).view(1, 3, 1, 1)
+    std = torch.tensor(inner.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, ((x.float() / 255 - mean) / std).flip(-1), atol=1e-4, rtol=0)
+
+
+def test_kornia_pipeline_follows_the_datamodule_transform(cifar_args):
+    """One description of the augmentation: the kornia ops are read off the datamodule's v2 transform."""
+    inner = CIFAR10DataModule(**cifar_args, rotation=10, color_jitter=0.2, vflip=0.5)
+    names = [type(op).__name__ for op in kornia_pipeline(inner.build_train_transform(), 32)[0]]
+    assert names == [
+        "RandomCrop",
+        "RandomHorizontalFlip",
+        "RandomVerticalFlip",
+        "RandomRotation",
+        "ColorJitter",
+        "Normalize",
+    ]
+    with pytest.raises(DataConfigError, match="GaussianBlur"):
+        kornia_pipeline(v2.Compose([v2.ToImage(), v2.GaussianBlur(3)]), 32)
 
 
 def test_rotation_and_jitter_run_batched(cifar_args):
@@ -334,7 +359,8 @@ def test_the_tensor_cache_example_experiment_instantiates(cifar_args, tmp_path, 
     )
     dm = built.datamodule
     assert isinstance(dm, TensorCacheDataModule) and dm.num_classes == 10 == built.model.hparams.num_classes
-    assert dm.train_augment.padding == 4 and dm.train_augment.mode == "random"
+    crop = dm.train_augment.pipeline[0]
+    assert isinstance(crop, K.RandomCrop) and tuple(crop.flags["padding"]) == (4, 4, 4, 4)
     assert built.model.hparams.channels_last
 
 
