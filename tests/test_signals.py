@@ -1,4 +1,4 @@
-"""SIGTERM mid-epoch: a resumable checkpoint, exit status 143 (not 0), and a resume that equals the whole run."""
+"""SIGTERM mid-epoch: a resumable checkpoint, exit status 143 (not 0), a resume equal to the whole run."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_check_every_n_steps_is_validated():
 
 @pytest.mark.slow
 def test_sigterm_to_cli_fit_then_same_command_resumes(tmp_path):
-    """The real CLI in a subprocess: SIGTERM during epoch 2 -> rc 143 + HPC checkpoint; rerun -> same weights."""
+    """The real CLI in a subprocess: SIGTERM in epoch 2 -> rc 143 + HPC checkpoint; rerun -> same weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(_fit_cmd(tmp_path, "whole"), env=env, check=True, capture_output=True, timeout=900)
 

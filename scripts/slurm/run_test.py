@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 SKIP = 77
 DAEMONS = ("munged", "slurmctld", "slurmd")
-# a short run: resnet10t on 16x16 digits, 2 ranks x batch 16, 3 epochs of 20 steps; the interrupted job's time limit is
-# chosen from the uninterrupted job's timing so that the signal lands mid-training
+# a short run: resnet10t on 16x16 digits, 2 ranks x batch 16, 3 epochs of 20 steps; the interrupted
+# job's time limit is chosen from the uninterrupted job's timing so that the signal lands mid-training
 FIT_ARGS = [
     "--config", "experiments/quickstart.yaml",
     "--model.init_args.backbone", "resnet10t",
@@ -381,7 +381,8 @@ def scenario(cluster: Cluster, runs: Path) -> None:
     )
     check("SIGTERM received: stopped after" in out, out[-3000:])
     log(
-        f"cancelled: {info['JobState']} exit {info.get('ExitCode')}, {hpc[0].name} at step {state['global_step']}"
+        f"cancelled: {info['JobState']} exit {info.get('ExitCode')}, "
+        f"{hpc[0].name} at step {state['global_step']}"
     )
 
 
