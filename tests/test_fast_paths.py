@@ -217,3 +217,22 @@ def test_old_and_new_formulations_give_the_same_logits(name: str, kwargs: dict, 
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), old(x), rtol=1e-9, atol=1e-9)
+
+
+# -------------------------------------------------------------------------------------- FFT's layer
+def test_fft_transformer_layer_is_eq_5_6_on_timm_block() -> None:
+    """timm's Block with 64-wide heads computes Eq. 5-6 exactly as the former hand-written layer did."""
+    from backbones.layers.fft_block import TransformerLayer
+
+    torch.manual_seed(0)
+    layer = TransformerLayer(24, num_heads=3, head_dim=8, mlp_dim=40).double().eval()
+    x = torch.randn(2, 5, 24, dtype=torch.float64)
+    a = layer.attn
+    q, k, v = a.qkv(layer.norm1(x)).reshape(2, 5, 3, 3, 8).permute(2, 0, 3, 1, 4)
+    msa = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 5, 24)
+    y = x + a.proj(msa)  # Eq. 5
+    expected = y + layer.mlp.fc2(F.gelu(layer.mlp.fc1(layer.norm2(y))))  # Eq. 6
+    out, weights = layer(x, return_attn=True)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    assert weights is not None and weights.shape == (2, 3, 5, 5)
+    assert layer.mlp.fc1.out_features == 40 and a.qkv.bias is None and a.proj.bias is not None

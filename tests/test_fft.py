@@ -87,10 +87,11 @@ def test_fusion_is_local() -> None:
 def test_attention_weights_path_matches_sdpa() -> None:
     attn = MultiHeadSelfAttention(24, num_heads=3, head_dim=8).eval()
     x = torch.randn(2, 7, 24)
-    fast, none = attn(x)
-    slow, weights = attn(x, return_attn=True)
-    assert none is None and weights.shape == (2, 3, 7, 7)
-    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    weights = attn.attention_weights(x)
+    assert weights.shape == (2, 3, 7, 7)
+    v = attn.qkv(x).reshape(2, 7, 3, 3, 8)[:, :, 2].transpose(1, 2)  # (B, heads, N, head_dim)
+    slow = attn.proj((weights @ v).transpose(1, 2).reshape(2, 7, 24))
+    torch.testing.assert_close(attn(x), slow, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 7))
 
 

@@ -30,24 +30,31 @@ Choices the paper leaves open, and what we do:
   vit-pytorch, where each head has ``dim_head = 64`` whatever the width). Heads change the parameter count
   in Table II (Large differs from Base only by 18 vs 16 heads and depth), so heads are ``head_dim = 64``
   wide: the q, k, v width is ``heads * 64`` (1024 for Base), no qkv bias, output projection with bias.
-* Attention is ``F.scaled_dot_product_attention``; the class token is only in the Outer stream and
-  receives no fused tokens (as in TNT).
+* Each stream's layer is the standard pre-norm ViT block (Eq. 5-6), so it is timm's ``Block`` with
+  timm's ``Attention`` (``attn_head_dim=64``; fused ``F.scaled_dot_product_attention``); the class token
+  is only in the Outer stream and receives no fused tokens (as in TNT).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import Attention, Mlp, trunc_normal_
+from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 __all__ = ["MultiHeadSelfAttention", "TransformerLayer", "StreamFusion", "FFTBlock"]
 
 
-class MultiHeadSelfAttention(nn.Module):
-    """MSA with a fixed per-head width (``inner = num_heads * head_dim`` may differ from ``dim``).
+class MultiHeadSelfAttention(Attention):
+    """timm's ``Attention`` with a fixed per-head width (``inner = num_heads * head_dim`` may differ from
+    ``dim``; timm's ``attn_head_dim``), plus the explicit softmax weights for the Fig. 7 maps.
+
+    Same parameters as before (``qkv`` without bias, ``proj`` with bias); the forward is timm's
+    (``F.scaled_dot_product_attention`` where timm's fused-attention switch allows it).
 
     Args:
         dim: token width.
@@ -56,6 +63,7 @@ class MultiHeadSelfAttention(nn.Module):
         qkv_bias: bias on the q, k, v projection.
         attn_drop: dropout on the attention weights.
         proj_drop: dropout after the output projection.
+        **kwargs: passed to timm's ``Attention`` (what timm's ``Block`` gives its attention layer).
     """
 
     def __init__(
@@ -66,38 +74,33 @@ class MultiHeadSelfAttention(nn.Module):
         qkv_bias: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        inner = num_heads * head_dim
-        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(inner, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        super().__init__(
+            dim,
+            num_heads=num_heads,
+            attn_head_dim=head_dim,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+            **kwargs,
+        )
 
-    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Return ``(output (B, N, dim), attention (B, heads, N, N) or None)``.
-
-        With ``return_attn`` the softmax weights are computed explicitly (same result as the fused
-        kernel, used for the Fig. 7 attention maps); otherwise ``F.scaled_dot_product_attention`` runs.
-        """
+    def attention_weights(self, x: Tensor) -> Tensor:
+        """Softmax attention ``(B, heads, N, N)`` of the tokens ``x`` (no dropout), as the forward uses it."""
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        drop = self.attn_drop if self.training else 0.0
-        attn = None
-        if return_attn:
-            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
-            attn = attn.softmax(dim=-1)
-            out = F.dropout(attn, drop, self.training) @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
-        return self.proj_drop(self.proj(out)), attn
+        q, k, _ = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
-class TransformerLayer(nn.Module):
+class TransformerLayer(Block):
     """Pre-norm transformer layer (Eq. 5-6): ``x + MSA(LN(x))`` then ``x + MLP(LN(x))``.
+
+    This is the standard pre-norm ViT block, so it *is* timm's ``Block`` (``norm1``, ``attn``, ``norm2``,
+    ``mlp`` as before: same ``state_dict``), with ``nn.LayerNorm`` (eps 1e-5), an MLP of exactly
+    ``mlp_dim`` hidden units (GELU), no layer scale, and the attention replaced by
+    :class:`MultiHeadSelfAttention` for the paper's fixed 64-wide heads.
 
     Args:
         dim: token width ("patch dim").
@@ -119,18 +122,27 @@ class TransformerLayer(nn.Module):
         proj_drop: float = 0.0,
         drop_path: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = MultiHeadSelfAttention(dim, num_heads, head_dim, attn_drop=attn_drop, proj_drop=proj_drop)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, hidden_features=mlp_dim, act_layer=nn.GELU, drop=proj_drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        super().__init__(
+            dim,
+            num_heads,
+            mlp_ratio=mlp_dim / dim,
+            proj_drop=proj_drop,
+            attn_drop=attn_drop,
+            drop_path=drop_path,
+            norm_layer=nn.LayerNorm,
+            attn_layer=MultiHeadSelfAttention,  # built with its default head_dim (64)
+        )
+        if self.attn.head_dim != head_dim:
+            self.attn = MultiHeadSelfAttention(
+                dim, num_heads, head_dim, attn_drop=attn_drop, proj_drop=proj_drop
+            )
+        if self.mlp.fc1.out_features != mlp_dim:  # int(dim * mlp_dim / dim) rounded down
+            self.mlp = Mlp(dim, hidden_features=mlp_dim, act_layer=nn.GELU, drop=proj_drop)
 
-    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
-        y, attn = self.attn(self.norm1(x), return_attn=return_attn)
-        x = x + self.drop_path(y)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x, attn
+    def forward(self, x: Tensor, return_attn: bool = False) -> tuple[Tensor, Tensor | None]:  # type: ignore[override]
+        """``(timm Block output, the attention weights if return_attn else None)``."""
+        attn = self.attn.attention_weights(self.norm1(x)) if return_attn else None
+        return super().forward(x), attn
 
 
 def _fusion_geometry(src: int, dst: int, kernel: int) -> tuple[int, int, int]:
