@@ -25,8 +25,6 @@ from lightning_modules.losses._exports import (
 )
 from lightning_modules.losses.base import TaskLoss, compute_loss
 
-torch.set_num_threads(1)
-
 
 # ----------------------------------------------------------------------------------------------- helpers
 def softmax(row: list[float]) -> list[float]:
