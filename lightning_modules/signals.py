@@ -158,10 +158,16 @@ def _finish_loggers(trainer: Trainer) -> None:
     """Flush and close W&B before SLURM kills the job for the requeue (its atexit hook may never run)."""
     for logger in trainer.loggers:
         experiment = getattr(logger, "_experiment", None)
-        if experiment is not None and hasattr(experiment, "finish"):
-            experiment.finish(exit_code=1)
-        else:
-            logger.finalize("failed")
+        try:
+            if experiment is not None and hasattr(experiment, "finish"):
+                experiment.finish(exit_code=1)
+            else:
+                logger.finalize("failed")
+        except Exception as err:  # noqa: BLE001 - the signal may have reached W&B's service process too
+            print(
+                f"{type(logger).__name__}: could not close cleanly ({err}); requeueing anyway",
+                file=sys.stderr,
+            )
 
 
 def _requeue_slurm_job() -> str:
