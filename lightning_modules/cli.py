@@ -108,6 +108,8 @@ class PaperCLI(LightningCLI):
         """Parse; a mistyped key or a wrong value type is one :class:`ConfigKeyError`, not a usage dump."""
         for p in _all_parsers(parser):
             p.exit_on_error = False
+        if args is None or isinstance(args, (list, tuple)):  # experiment files' `_base_` files first
+            args = expand_config_args(sys.argv[1:] if args is None else args)
         argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
         printing = argv is not None and any(str(a).split("=")[0] == "--print_config" for a in argv)
         if printing:  # parse without it, then print the config with the folders this command will use
@@ -657,7 +659,6 @@ def config_key_error(parser: Any, err: Exception, argv: Any) -> ConfigKeyError:
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> PaperCLI:
     """Build (and by default run) the CLI; used by :func:`main` and the tests."""
-    args = expand_config_args(sys.argv[1:] if args is None else args)  # `_base_` files first
     return PaperCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import DistributedSampler, SequentialSampler
 
 try:  # tests/ is a package (tests/__init__.py) or a plain folder on sys.path
     from tests.dataset_fixtures import (
@@ -165,7 +165,9 @@ def test_batches_on_fixture(class_path, tmp_path):
         (dm.test_dataloader(), False),
         (dm.predict_dataloader(), False),
     ):
-        assert isinstance(loader.sampler, RandomSampler if shuffled else SequentialSampler)
+        # training: a seeded per-epoch permutation (resumable mid-epoch), a DistributedSampler of 1 replica
+        assert isinstance(loader.sampler, DistributedSampler if shuffled else SequentialSampler)
+        assert getattr(loader.sampler, "shuffle", False) == shuffled
         x, y = next(iter(loader))
         assert x.shape == (min(2, len(loader.dataset)), 3, 32, 32) and x.dtype == torch.float32
         assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < dm.num_classes

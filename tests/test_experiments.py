@@ -235,6 +235,25 @@ def test_print_config_flag_works(tmp_path):
     assert "_base_" not in printed
 
 
+def test_missing_base_stops_the_cli_with_one_message(tmp_path: Path):
+    row = tmp_path / "row.yaml"
+    row.write_text("_base_: [_gone.yaml]\nmodel: {init_args: {backbone: resnet18}}\n")
+    with pytest.raises(Exception) as err:
+        cli.cli_main(args=["fit", "--config", str(row)], run=True)
+    found = cli.find_user_error(err.value)
+    assert found is not None and "_gone.yaml" in str(found) and "row.yaml" in str(found)
+
+
+def test_tools_build_composed_rows():
+    """The analysis tools read a row through the same composition (tools.common -> the project's CLI)."""
+    from tools.common import instantiate_from_config
+
+    with torch.device("meta"):
+        model, datamodule = instantiate_from_config([ROWS["resnet18_cub_ce"]])
+    assert type(datamodule).__name__ == "CUB200DataModule"  # from acanet/_cub.yaml
+    assert model.hparams.lr_reference_batch_size == 32  # from acanet/_recipe.yaml
+
+
 def smoke_fit(path: Path, tmp_path: Path) -> None:
     overrides = build_dataset_fixture(_data_class(path), tmp_path / "data")
     args = [
