@@ -161,7 +161,8 @@ def bench_fusion(device: torch.device, batch: int, reps: int, num_classes: int =
     ]
     base = results[0][1]
     rows = [
-        f"| model (224 px, batch {batch}) | latency ms (min of {reps}) | vs resnet18 | params (M) | GMACs / image |",
+        f"| model (224 px, batch {batch}) | latency ms (min of {reps}) | vs resnet18 | params (M) "
+        "| GMACs / image |",
         "|---|---|---|---|---|",
     ]
     for name, ms, params, mac in results:

@@ -1,6 +1,7 @@
 """CS-Net benchmarks: parameters, MACs and latency of every registered variant, and the CS module's cost.
 
-Run ``python -m benchmarks.bench_csnet`` (CPU, a few minutes at 448 px) or ``--device cuda [--dtype bfloat16]``.
+Run ``python -m benchmarks.bench_csnet`` (CPU, a few minutes at 448 px) or
+``--device cuda [--dtype bfloat16]``.
 Prints a markdown table, one row per registered ``csnet*`` model:
 
 * Params (M) for 200 classes (CUB);

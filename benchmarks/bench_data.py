@@ -291,9 +291,10 @@ def run(
         )
 
     body = (
-        f"Data: `{zip_path.name}` via `ImageFolderDataModule` (zip root), {n_train:,} training JPEGs (32x32), random "
-        f"crop 32 pad 4 + flip + normalise, batch {batch_size}, {reps} interleaved rounds, median. Datamodule setup "
-        f"(listing + split) {setup_s:.1f} s. Tensor cache: built (decoded {decoded:,} images once, all splits) in "
+        f"Data: `{zip_path.name}` via `ImageFolderDataModule` (zip root), {n_train:,} training JPEGs "
+        f"(32x32), random crop 32 pad 4 + flip + normalise, batch {batch_size}, {reps} interleaved rounds, "
+        f"median. Datamodule setup (listing + split) {setup_s:.1f} s. Tensor cache: built (decoded "
+        f"{decoded:,} images once, all splits) in "
         f"{build_s:.1f} s; loaded again from disk in {load_s:.2f} s.\n\n"
         "**Pipeline alone (one epoch)**\n\n"
         + markdown_table(
@@ -301,13 +302,15 @@ def run(
         )
         + "\n\nTensor cache, kornia augmentation vs the hand-written one it replaced: "
         f"**{kornia_vs_legacy:.2f}x** the epoch time (below 1: kornia is faster).\n\n"
-        f"Per-epoch JPEG decode + augmentation the cache removes: {saved_epoch:.2f} s per epoch of this archive "
-        f"on one core ({per_core_img_s:,.0f} img/s per core with PIL), i.e. about {saved_full:,.0f} core-seconds "
+        f"Per-epoch JPEG decode + augmentation the cache removes: {saved_epoch:.2f} s per epoch of this "
+        f"archive on one core ({per_core_img_s:,.0f} img/s per core with PIL), i.e. about "
+        f"{saved_full:,.0f} core-seconds "
         "per epoch of the 50,000-image CIFAR-10 training set.\n\n"
         f"**Training ResNet-18 at 32x32** ({steps} steps per round, "
         f"{'bf16 autocast + channels_last' if cuda else 'fp32'} on {device.type})\n\n"
         + markdown_table(["fed by", "train img/s", "data wait / step time", "spread"], train_rows)
-        + f"\n\nTensor cache vs PIL DataLoader, training: **{speedup:.2f}x** img/s (issue 9 target on GPU: >= 3x "
+        + f"\n\nTensor cache vs PIL DataLoader, training: **{speedup:.2f}x** img/s "
+        "(issue 9 target on GPU: >= 3x "
         "with data wait <= 5%; on CPU the model's compute dominates both, so the gain there is the removed "
         "decoding time, not step time).\n\n**Loader settings**\n\n"
         + markdown_table(["setting", "what", "effect"], setting_rows)

@@ -113,8 +113,10 @@ def main() -> None:
         thop = thop_style_macs(model, x)
         model_label = name + "".join(f" {k}={v}" for k, v in kwargs.items())
         line = (
-            f"| {row} | {model_label} | {params:.3f} / {paper_params} ({(params / paper_params - 1) * 100:+.2f} %) "
-            f"| {macs:.3f} ({(macs / paper_macs - 1) * 100:+.1f} %) | {thop:.3f} ({(thop / paper_macs - 1) * 100:+.1f} %) "
+            f"| {row} | {model_label} | {params:.3f} / {paper_params} "
+            f"({(params / paper_params - 1) * 100:+.2f} %) "
+            f"| {macs:.3f} ({(macs / paper_macs - 1) * 100:+.1f} %) "
+            f"| {thop:.3f} ({(thop / paper_macs - 1) * 100:+.1f} %) "
             f"| {paper_macs} |"
         )
         if args.latency:

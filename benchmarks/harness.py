@@ -62,7 +62,7 @@ def bf16_peak_tflops(device_name: str) -> float | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------- timing
+# --------------------------------------------------------------------------------------------------- timing
 def synchronize(device: torch.device | str) -> None:
     """Wait for queued GPU work (no-op on CPU), so wall-clock intervals cover the work itself."""
     if torch.device(device).type == "cuda":
@@ -136,7 +136,7 @@ def ratio(a: Timing, b: Timing) -> float:
     return statistics.median(x / y for x, y in zip(a.seconds, b.seconds))
 
 
-# ---------------------------------------------------------------------------------------------- FLOPs and memory
+# ----------------------------------------------------------------------------------------- FLOPs and memory
 def train_step_flops(model: nn.Module, x: Tensor, loss_fn: Callable[[Tensor], Tensor] | None = None) -> int:
     """FLOPs of one forward + backward of ``model`` on ``x`` (``FlopCounterMode``: 2 per multiply-add).
 
@@ -213,7 +213,7 @@ def peak_memory(device: torch.device | str) -> Iterator[PeakMemory]:
         result.how = "RSS peak growth"
 
 
-# ---------------------------------------------------------------------------------------------- machine + results
+# ---------------------------------------------------------------------------------------- machine + results
 def cpu_model() -> str:
     """CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
     try:
@@ -234,7 +234,8 @@ def machine_info(device: torch.device | str) -> dict[str, str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": f"{cpu_model()} ({os.cpu_count()} cores, {usable} usable, torch threads {torch.get_num_threads()})",
+        "cpu": f"{cpu_model()} ({os.cpu_count()} cores, {usable} usable, "
+        f"torch threads {torch.get_num_threads()})",
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "timm": timm.__version__,
@@ -331,7 +332,7 @@ def saved_activation_bytes(model: nn.Module, step: Callable[[], Tensor]) -> int:
 def top_ops(
     fn: Callable[[], Any], device: torch.device | str, limit: int = 5
 ) -> list[tuple[str, float, int]]:
-    """``torch.profiler`` over one call of ``fn``: the ``limit`` ops with the most self time (name, %, calls)."""
+    """``torch.profiler`` over one call of ``fn``: the ``limit`` ops with most self time (name, %, calls)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + (

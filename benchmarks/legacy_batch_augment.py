@@ -180,7 +180,7 @@ class LegacyBatchAugment:
 
     # -------------------------------------------------------------- entry point
     def __call__(self, x: Tensor, gen: torch.Generator | None = None) -> Tensor:
-        """Augment (train) or transform (eval) a ``uint8 (B, 3, S, S)`` batch into a normalised float batch."""
+        """Augment (train) or transform (eval) a ``uint8 (B, 3, S, S)`` batch into a normalised batch."""
         if self.train and self.mode == "random_resized":
             x = self._random_resized_crop(x, gen)
         elif self.train and self.mode == "random":

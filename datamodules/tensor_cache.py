@@ -73,7 +73,7 @@ CACHE_FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
-# ---------------------------------------------------------------------------------------------- batch augmentation
+# --------------------------------------------------------------------------------------- batch augmentation
 def _square(size: Any) -> int:
     """The side of a square ``size`` (an int, ``[s]`` or ``(s, s)``); refuses other shapes."""
     sizes = [int(size)] if isinstance(size, int) else [int(s) for s in size]
@@ -178,7 +178,7 @@ class BatchAugment:
         return out.to(self.dtype).contiguous()
 
 
-# ---------------------------------------------------------------------------------------------- batch serving
+# -------------------------------------------------------------------------------------------- batch serving
 class _EpochSetter:
     """What Lightning's ``_set_sampler_epoch`` finds as ``loader.sampler``: forwards ``set_epoch``."""
 
@@ -286,7 +286,7 @@ class DeviceBatchLoader:
             yield self.transform(self.images.index_select(0, batch), gen), self.labels.index_select(0, batch)
 
 
-# ---------------------------------------------------------------------------------------------- the datamodule
+# ------------------------------------------------------------------------------------------- the datamodule
 class TensorCacheDataModule(L.LightningDataModule):
     """Wrap a datamodule: decode its images once into a ``uint8`` tensor cache, augment on the device.
 
@@ -320,7 +320,8 @@ class TensorCacheDataModule(L.LightningDataModule):
         super().__init__()
         if not isinstance(datamodule, ClassificationDataModule):
             raise DataConfigError(
-                f"TensorCacheDataModule wraps a datamodules.ClassificationDataModule, got {type(datamodule).__name__}"
+                "TensorCacheDataModule wraps a datamodules.ClassificationDataModule, "
+                f"got {type(datamodule).__name__}"
             )
         if device not in ("auto", "cuda", "cpu"):
             raise DataConfigError(f"device must be auto|cuda|cpu, got {device!r}")
@@ -390,7 +391,7 @@ class TensorCacheDataModule(L.LightningDataModule):
         return v2.Compose([v2.ToImage(), v2.Resize(s, antialias=True), v2.CenterCrop(s)])
 
     def cache_path(self, split: str, ds: Dataset) -> Path:
-        """The cache file of ``split`` (its name carries the dataset, split, size and the samples' fingerprint)."""
+        """The cache file of ``split`` (named by dataset, split, size and the samples' fingerprint)."""
         name = type(self.datamodule).__name__.removesuffix("DataModule")
         return (
             self.cache_dir
@@ -408,16 +409,17 @@ class TensorCacheDataModule(L.LightningDataModule):
         if nbytes > limit:
             raise DataConfigError(
                 f"tensor cache of {type(self.datamodule).__name__} {split}: {n} images x 3 x "
-                f"{self.storage_size}^2 = {nbytes / 1e9:.1f} GB exceeds the limit of {limit / 1e9:.1f} GB; use a "
-                "smaller storage_size, raise max_cache_gb, or train from the datamodule itself (DataLoader workers)"
+                f"{self.storage_size}^2 = {nbytes / 1e9:.1f} GB exceeds the limit of {limit / 1e9:.1f} GB; "
+                "use a smaller storage_size, raise max_cache_gb, or train from the datamodule itself "
+                "(DataLoader workers)"
             )
 
     def _decode(self, ds: Dataset, split: str) -> tuple[Tensor, Tensor]:
-        """Decode every image of ``ds`` with the storage transform (the inner datamodule's workers in parallel)."""
+        """Decode every image of ``ds`` with the storage transform (the inner datamodule's workers)."""
         if not hasattr(ds, "transform"):
             raise DataConfigError(
-                f"TensorCacheDataModule: the {split} dataset ({type(ds).__name__}) has no `transform` attribute to "
-                "replace with the storage transform"
+                f"TensorCacheDataModule: the {split} dataset ({type(ds).__name__}) has no `transform` "
+                "attribute to replace with the storage transform"
             )
         raw = copy.copy(ds)
         raw.transform = self._storage_transform()  # type: ignore[attr-defined]

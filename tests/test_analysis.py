@@ -403,7 +403,7 @@ def test_order_by_index_sorts_and_drops_padding_repeats():
 
 
 class _UnevenShards(LightningDataModule):
-    """5 test samples; under DDP the project's evaluation sampler (no padding): shards [0, 2, 4] and [1, 3]."""
+    """5 test samples; under DDP the project's evaluation sampler (no padding): shards [0, 2, 4], [1, 3]."""
 
     def __init__(self, data: TensorDataset) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""datamodules.tensor_cache: decode-once cache, device-side batch augmentation, DDP sharding, Lightning fit."""
+"""datamodules.tensor_cache: decode-once cache, batch augmentation on the device, DDP sharding, fit."""
 
 from __future__ import annotations
 
@@ -380,15 +380,17 @@ from lightning_modules import ClassificationTask  # noqa: E402
 class Seen(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         # one write() per line: the two ranks share the pipe, and writes below PIPE_BUF are atomic
-        line = f"SEEN {{trainer.global_rank}} {{trainer.current_epoch}} {{' '.join(map(str, batch[1].tolist()))}}\\n"
+        labels = " ".join(map(str, batch[1].tolist()))
+        line = f"SEEN {{trainer.global_rank}} {{trainer.current_epoch}} {{labels}}\\n"
         sys.stdout.write(line)
         sys.stdout.flush()
 
 
 if __name__ == "__main__":
-    dm = TensorCacheDataModule(CIFAR10DataModule(root={data!r}, batch_size=5, num_workers=0, val_split="test"),
-                               cache_dir={cache!r})
-    model = ClassificationTask(backbone="resnet18", num_classes=10, optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    inner = CIFAR10DataModule(root={data!r}, batch_size=5, num_workers=0, val_split="test")
+    dm = TensorCacheDataModule(inner, cache_dir={cache!r})
+    sgd = lambda p: torch.optim.SGD(p, lr=0.01)  # noqa: E731
+    model = ClassificationTask(backbone="resnet18", num_classes=10, optimizer=sgd)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[Seen()], default_root_dir={work!r})

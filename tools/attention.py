@@ -10,7 +10,8 @@ resolution and ``attention_grid.png`` (rows: images; columns: input, then one co
 
 Example::
 
-    python -m tools.attention --config experiments/fft/fft_base_flowers5.yaml --ckpt_path runs/.../best.ckpt \\
+    python -m tools.attention --config experiments/fft/fft_base_flowers5.yaml \\
+        --ckpt_path runs/.../best.ckpt \\
         -n 4 --query 20
 """
 

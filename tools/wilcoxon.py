@@ -128,7 +128,8 @@ def format_table(result: dict[str, object], name_a: str, name_b: str) -> str:
 
     return "\n".join(
         [
-            f"| {name_a} vs. | AUC R+ | AUC R- | AUC p | AUC Sig. | AUC n | AP R+ | AP R- | AP p | AP Sig. | AP n |",
+            f"| {name_a} vs. | AUC R+ | AUC R- | AUC p | AUC Sig. | AUC n "
+            "| AP R+ | AP R- | AP p | AP Sig. | AP n |",
             "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |",
             f"| {name_b} | {cells(auc)} | {cells(ap)} |",
         ]

@@ -25,7 +25,8 @@ def coco_alpha_lower_bound(num_classes: int, epsilon: float = 0.01) -> float:
 class COCOLoss(CosFaceLoss):
     r"""Congenerous cosine loss: softmax over scaled cosines between features and learned class centroids.
 
-    Paper Sec. 3: ``x_hat = alpha * x / ||x||`` (features normalised then scaled), ``c_hat_k = c_k / ||c_k||``,
+    Paper Sec. 3: ``x_hat = alpha * x / ||x||`` (features normalised, then scaled),
+    ``c_hat_k = c_k / ||c_k||``,
     ``p_k = exp(c_hat_k . x_hat) / sum_m exp(c_hat_m . x_hat)``, ``L = -1/N sum_i log p_{y_i}``: the
     normalised classifier of :class:`~lightning_modules.losses.margin.CosFaceLoss` with ``s = alpha`` and
     no margin (``m = 0``). The centroids ``c_k`` are its ``weight`` (num_classes, num_features), learned by
