@@ -242,7 +242,7 @@ class Cluster:
         runs.mkdir(parents=True, exist_ok=True)
         cmd = [
             "sbatch", "--parsable", f"--output={runs}/slurm-{name}-%j.out",
-            f"--export=ALL,WANDB_MODE=offline,OMP_NUM_THREADS=1,PYTHON={sys.executable}",
+            f"--export=ALL,WANDB_MODE=offline,OMP_NUM_THREADS=1,PYTHONUNBUFFERED=1,PYTHON={sys.executable}",
             *sbatch_args, str(SBATCH), *FIT_ARGS, "--name", name, "--trainer.default_root_dir", str(runs),
         ]  # fmt: skip
         job = self.run(cmd).stdout.strip().split(";")[0]
@@ -326,8 +326,14 @@ def scenario(cluster: Cluster, runs: Path) -> None:
     # 2. time limit -> SIGUSR1 mid-run -> HPC checkpoint, requeue, resume
     seen_hpc: set[str] = set()
 
-    def note_hpc(_info) -> None:
+    extended = {"done": False}
+
+    def note_hpc(info) -> None:
         seen_hpc.update(p.name for p in (runs / "cut").glob("hpc_ckpt_*.ckpt"))
+        if not extended["done"] and int(info.get("Restarts", "0") or 0) >= 1:
+            # requeued once: give the resumed attempt time to finish (a slow machine would loop otherwise)
+            cluster.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], check=False)
+            extended["done"] = True
 
     # SLURM sends --signal=USR1@60 between 90 and 60 s before the limit (its timer ticks every 30 s): pick the
     # limit so that the signal lands half-way through training; the requeued attempt then finishes
