@@ -605,7 +605,9 @@ def test_published_files_are_complete(paper):
 
     if not EXPERIMENTS_DIR.is_dir():
         pytest.skip("no experiments/ folder")
-    existing = {p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")}
+    from lightning_modules.config_compose import experiment_rows
+
+    existing = set(experiment_rows(EXPERIMENTS_DIR))
     for r in rows:
         names = r["experiment"].split("|") + ([r["baseline"]] if r["baseline"] else [])
         if r["experiment"].startswith("model:") or "not reproduced" in r["note"]:

@@ -14,7 +14,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-import yaml
 
 import backbones  # noqa: F401  (registers the models)
 from backbones.csnet import CSNet
@@ -24,6 +23,7 @@ from backbones.layers.cross_layer_attention import (
     CrossLayerSelfAttention,
     CrossLayerSpatialAttention,
 )
+from lightning_modules.config_compose import compose, config_chain, experiment_rows
 
 CSNET_MODELS = sorted(timm.list_models("csnet*"))
 EXPECTED_MODELS = [
@@ -348,14 +348,18 @@ def test_full_model_overfits_a_tiny_batch() -> None:
     assert model.cs.channel.gamma.abs().item() > 0 and model.cs.spatial.gamma.abs().item() > 0
 
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("csnet*.yaml"))
+EXPERIMENTS = sorted(
+    p
+    for p in experiment_rows(Path(__file__).resolve().parents[1] / "experiments").values()
+    if p.parent.name == "csnet"
+)
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_experiment_files(path: Path) -> None:
     """Each YAML names a registered variant, its 10x group is exactly the new layers, schedule = epochs."""
-    text = path.read_text()
-    cfg = yaml.safe_load(text)
+    text = "\n".join(p.read_text() for p in config_chain(path))  # the row with its recipe and dataset files
+    cfg = compose(path)
     args = cfg["model"]["init_args"]
     assert "ours" in text.lower() and args["pretrained"] is None and "pretrained" in text
     with torch.device("meta"):
@@ -367,7 +371,7 @@ def test_experiment_files(path: Path) -> None:
     assert args["lr_scheduler"]["init_args"]["T_max"] == cfg["trainer"]["max_epochs"]
     data = cfg["data"]["init_args"]
     assert (data["image_size"], data["resize_size"], data["train_crop"]) == (448, 512, "random")
-    dataset = path.stem.split("_")[1]
+    dataset = path.stem.split("_")[-1]
     assert (
         cfg["data"]["class_path"]
         == {
@@ -376,12 +380,11 @@ def test_experiment_files(path: Path) -> None:
             "aircraft": "datamodules.FGVCAircraftDataModule",
         }[dataset]
     )
-    row = path.stem.split("_")[2] if path.stem.count("_") == 2 else "full"
-    assert args["backbone"] == path.stem.split("_")[0] + ("" if row == "full" else f"_{row}")
+    assert path.stem == f"{args['backbone']}_{dataset}"  # <model>_<dataset>
 
 
 def test_every_ablation_row_has_a_file_per_dataset() -> None:
     names = {p.stem for p in EXPERIMENTS}
     for dataset in ("cub", "cars", "aircraft"):
-        for row in ("", "_base", "_low", "_channel", "_spatial", "_both"):
-            assert f"csnet101_{dataset}{row}" in names
+        for row in ("", "_baseline", "_low", "_channel", "_spatial", "_both"):
+            assert f"csnet101{row}_{dataset}" in names
