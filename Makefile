@@ -35,5 +35,15 @@ test-slurm: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-lint: $(STAMP)
+# lint needs only ruff, at the version the dev extras pin: it installs nothing else
+LINT_STAMP := $(VENV)/.lint-installed
+$(LINT_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -c "import re; print(re.search(r'\"(ruff[^\"]*)\"', open('pyproject.toml').read()).group(1))" \
+		> $(VENV)/lint-requirements.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/lint-requirements.txt
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
