@@ -56,6 +56,8 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 log = logging.getLogger("paperbench.cli")
 #: model arguments a checkpoint's weights depend on: a ``--ckpt_path`` whose values differ is refused
 ARCHITECTURE_KEYS = ("backbone", "backbone_kwargs", "ema_decay")
+#: an evaluation's record folder, passed from the launching process to its DDP workers
+RECORD_DIR_ENV = "PAPERBENCH_RECORD_DIR"
 
 
 def wandb_has_credentials() -> bool:
@@ -80,6 +82,8 @@ class PaperCLI(LightningCLI):
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
+            if "LOCAL_RANK" not in os.environ:  # set for this command's DDP workers only
+                os.environ.pop(RECORD_DIR_ENV, None)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # experiment files name their bases in `_base_` (expanded before parsing: config_compose); the key
@@ -317,11 +321,11 @@ def _is_launching_process() -> bool:
 
 def _same_on_all_ranks(make_dir: Any) -> Path:
     """The evaluation's record folder, chosen once by the launching process and inherited by DDP workers."""
-    if "LOCAL_RANK" in os.environ and os.environ.get("PAPERBENCH_RECORD_DIR"):
-        return Path(os.environ["PAPERBENCH_RECORD_DIR"])
+    if "LOCAL_RANK" in os.environ and os.environ.get(RECORD_DIR_ENV):
+        return Path(os.environ[RECORD_DIR_ENV])
     folder = make_dir()
     if "LOCAL_RANK" not in os.environ:
-        os.environ["PAPERBENCH_RECORD_DIR"] = str(folder)  # Lightning's DDP launcher copies the environment
+        os.environ[RECORD_DIR_ENV] = str(folder)  # Lightning's DDP launcher copies the environment
     return folder
 
 
