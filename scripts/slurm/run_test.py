@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 SKIP = 77
 DAEMONS = ("munged", "slurmctld", "slurmd")
+# Lightning logs this right before training starts (after imports, data set-up and the DDP rendezvous)
+TRAINING_MARK = "SLURM auto-requeueing enabled"
 # a short run: resnet10t on 16x16 digits, 2 ranks x batch 16, 3 epochs of 20 steps; the interrupted
 # job's time limit is chosen from the uninterrupted job's timing so that the signal lands mid-training
 FIT_ARGS = [
@@ -304,14 +306,14 @@ def job_output(runs: Path, name: str, job: str) -> str:
 def scenario(cluster: Cluster, runs: Path) -> None:
     import torch
 
-    # 1. uninterrupted; timed: start-up (until Lightning's model summary) and training
+    # 1. uninterrupted; timed: start-up (until TRAINING_MARK) and training
     job = cluster.submit(runs, "whole")
     times: dict[str, float] = {}
 
     def note_times(info) -> None:
         if info.get("JobState") == "RUNNING":
             times.setdefault("running", time.time())
-            if "training" not in times and "| Name" in job_output(runs, "whole", job):
+            if "training" not in times and TRAINING_MARK in job_output(runs, "whole", job):
                 times["training"] = time.time()
 
     info, states = cluster.wait_job(job, 1800, on_poll=note_times)
@@ -369,7 +371,7 @@ def scenario(cluster: Cluster, runs: Path) -> None:
         if cancelled["done"] or info.get("JobState") != "RUNNING":
             return
         out = job_output(runs, "cancelled", job)
-        if (runs / "cancelled" / "checkpoints" / "last.ckpt").exists() or "| Name" in out:
+        if (runs / "cancelled" / "checkpoints" / "last.ckpt").exists() or TRAINING_MARK in out:
             time.sleep(3)
             cluster.run(["scancel", job])
             cancelled["done"] = True
