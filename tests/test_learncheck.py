@@ -199,7 +199,7 @@ def test_every_family_in_overfit_mode(shared_data, tmp_path):
     """Every family, overfit mode, with the caps of the recorded run (about 30 min on 2 idle cores)."""
     out_json, out_md = tmp_path / "all.json", tmp_path / "learning.md"
     proc = _run(
-        "--threads", "2", "--steps", "24", "--images-per-class", "2", "--max-batch", "8",
+        "--threads", "2", "--steps", "16", "--images-per-class", "2", "--max-batch", "8",
         "--data-dir", str(shared_data), "--json", str(out_json), "--output", str(out_md),
         timeout=3600,
     )  # fmt: skip

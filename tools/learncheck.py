@@ -428,7 +428,9 @@ def compress_scheduler(
 
 
 # ------------------------------------------------------------------------------------------------ model size
-def smallest_size(row: Row, num_classes: int) -> tuple[int, dict[str, Any], int]:
+def smallest_size(
+    row: Row, num_classes: int, sizes: Sequence[int] = SIZES
+) -> tuple[int, dict[str, Any], int]:
     """The smallest of :data:`SIZES` the model takes, the backbone kwargs that build it for that size, and
     the backbone's parameter count.
 
@@ -440,7 +442,7 @@ def smallest_size(row: Row, num_classes: int) -> tuple[int, dict[str, Any], int]
     from lightning_modules.task import create_backbone
 
     errors = []
-    for size in SIZES:
+    for size in sizes:
         variants = []
         if "img_size" in row.backbone_kwargs:
             variants.append({**row.backbone_kwargs, "img_size": size})
@@ -457,7 +459,7 @@ def smallest_size(row: Row, num_classes: int) -> tuple[int, dict[str, Any], int]
                 return size, kwargs, sum(p.numel() for p in net.parameters())
             except Exception as err:  # noqa: BLE001 - any failure means "not this size"
                 errors.append(f"{size}px: {type(err).__name__}: {str(err)[:120]}")
-    raise ToolError(f"{row.backbone} accepts none of {SIZES} px: " + "; ".join(errors[-2:]))
+    raise ToolError(f"{row.backbone} accepts none of {tuple(sizes)} px: " + "; ".join(errors[-2:]))
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -510,6 +512,23 @@ def loss_ends(losses: Sequence[float]) -> tuple[float, float]:
     """Mean loss of the first and of the last tenth of the steps (at least one step each)."""
     k = max(1, len(losses) // 10)
     return sum(losses[:k]) / k, sum(losses[-k:]) / k
+
+
+def _image_folder_defaults() -> dict[str, Any]:
+    """Constructor defaults of :class:`datamodules.ImageFolderDataModule` and its base classes."""
+    import inspect
+
+    from datamodules import ImageFolderDataModule
+
+    out: dict[str, Any] = {}
+    for cls in reversed(ImageFolderDataModule.__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for name, param in inspect.signature(init).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                out[name] = list(param.default) if isinstance(param.default, tuple) else param.default
+    return out
 
 
 def _recorder():
@@ -570,7 +589,7 @@ def run_row(
     notes: list[str] = []
     num_classes = min(10, row.num_classes())
     size, kwargs, params = probe or smallest_size(row, num_classes)
-    if mode == "generalise" and params > GENERALISE_MAX_PARAMS:
+    if mode == "generalise" and device == "cpu" and params > GENERALISE_MAX_PARAMS:
         raise SkipRow(f"{params / 1e6:.0f} M parameters (generalise mode: families up to 30 M on CPU)")
     result = Result(row=row.name, family=row.family, params_m=params / 1e6, chance=1.0 / num_classes)
     if kwargs != row.backbone_kwargs:
@@ -617,6 +636,11 @@ def run_row(
         batch_size=batch,
         num_workers=0,
     )
+    # jsonargparse carries the row's other data arguments over to the new class where it accepts them
+    # (num_classes: 24, val_fraction, split_ratios, ...): give each of them the folder module's default
+    for key, default in _image_folder_defaults().items():
+        if key in row_data and key not in data:
+            data[key] = default
     callbacks = [
         cb
         for cb in row.callbacks
@@ -699,6 +723,8 @@ def run_row(
         model.to(torch.device(device))
         result.val_acc = _evaluate(model, dm.val_dataloader(), device)
     result.verdict = verdict(losses, result.train_acc, result.val_acc, result.chance, mode)
+    if losses and result.loss_last > result.loss_first:
+        notes.append("loss rose")
     if mode == "overfit" and result.verdict == "stuck" and row.loss in ("CrossEntropyLoss", "FocalLoss"):
         notes.append(f"loss {result.loss_last:.3g} vs ln C {math.log(num_classes):.3g}")
     result.notes = "; ".join(notes)
@@ -778,6 +804,10 @@ def report(args, command: str, files, groups, results: Sequence[Result], progres
     )
 
 
+def _probe_params(probe: Any) -> float:
+    return float(probe[2]) if isinstance(probe, tuple) else math.inf
+
+
 def render(args, files, groups) -> int:
     """``--render``: the table of earlier runs' JSON files, in family order, written like a run's."""
     results, seen = [], set()
@@ -785,7 +815,13 @@ def render(args, files, groups) -> int:
         for item in json.loads(path.read_text()):
             if item["family"] not in seen:  # a family both halves ran: the first one counts
                 seen.add(item["family"])
-                results.append(Result(**item))
+                res = Result(**item)
+                if res.losses:  # the verdict by this version's rules, from the recorded losses
+                    res.verdict = verdict(res.losses, res.train_acc, res.val_acc, res.chance, args.mode)
+                    rose = "loss rose"
+                    if res.loss_last > res.loss_first and rose not in res.notes:
+                        res.notes = "; ".join(n for n in (res.notes, rose) if n)
+                results.append(res)
     order = {fam: i for i, fam in enumerate(groups)}
     results.sort(
         key=lambda r: (r.params_m if math.isfinite(r.params_m) else math.inf, order.get(r.family, 0))
@@ -831,6 +867,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="run nothing: merge the --json files of earlier runs (e.g. halves run in parallel) into a table",
     )
+    parser.add_argument(
+        "--input-size",
+        type=lambda v: 0 if v == "row" else int(v),
+        default=None,
+        help="input size in px, or 'row' for the row's own (default: the smallest the model takes)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--images-per-class", type=int, default=None, help="override the budget's images")
     parser.add_argument("--max-batch", type=int, default=None, help="override the budget's batch cap")
@@ -872,10 +914,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     probes: dict[str, Any] = {}
     for row in chosen:
         try:
-            probes[row.name] = smallest_size(row, min(10, row.num_classes()))
-        except Exception:  # noqa: BLE001 - reported when the row runs
-            probes[row.name] = None
-    chosen.sort(key=lambda r: (probes[r.name] is None, probes[r.name] and probes[r.name][2], r.name))
+            sizes = SIZES if args.input_size is None else [args.input_size or row.image_size]
+            probes[row.name] = smallest_size(row, min(10, row.num_classes()), sizes)
+        except Exception as err:  # noqa: BLE001 - reported as the row's error when its turn comes
+            probes[row.name] = err
+    chosen.sort(key=lambda r: (_probe_params(probes[r.name]), r.name))
     output = args.output or (RESULTS if not (args.rows or args.quick) else None)
     command = f"python -m tools.learncheck {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
     work = Path(tempfile.mkdtemp(prefix="learncheck-"))
@@ -885,6 +928,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{i + 1}/{len(chosen)}] {row.name} ({row.family}) ...", flush=True)
             row_dir = work / f"row{i}"
             try:
+                if isinstance(probes[row.name], Exception):
+                    raise probes[row.name]
                 res = run_row(
                     row, args.mode, args.device, archive, row_dir, args.quick, overrides, probes[row.name]
                 )
