@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lightning_modules.safe_load import safe_load
+
 
 def current_umask() -> int:
     """The process umask, read from /proc where possible (``os.umask`` can only be read by setting it)."""
@@ -29,8 +31,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     ``os.replace`` is atomic on POSIX and Windows within one file system, which is why the temporary file
     lives next to the target (Lightning's default goes through fsspec, which stages local files in the
-    system temp folder and moves them across devices non-atomically). Loading is ``TorchCheckpointIO``'s,
-    unchanged. The file gets the permissions a plain
+    system temp folder and moves them across devices non-atomically). Loading goes through
+    :func:`lightning_modules.safe_load.safe_load` (``weights_only=True`` always, whatever Lightning asks
+    for): a checkpoint that pickles code is refused, not run. The file gets the permissions a plain
     ``open()`` would give it (``0666`` minus the umask), not ``mkstemp``'s ``0600``.
     """
 
@@ -60,3 +63,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.close(dir_fd)
         except OSError:
             pass
+
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Lightning's ``ckpt_path`` load, always restricted (``weights_only`` is ignored: never ``False``)."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return safe_load(path, map_location=map_location or (lambda storage, loc: storage))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from lightning_modules.safe_load import UnsafeCheckpointError, safe_load
 
 LOCK_NAME = "run.lock"
 EVAL_DIR = "eval"
@@ -101,11 +101,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; one clear error for a file that is not a checkpoint."""
     try:
         try:  # memory-mapped: only the hyper-parameters are read here, the tensors stay on disk
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            obj = safe_load(path, map_location="cpu", mmap=True)
         except RuntimeError as err:
             if "mmap" not in str(err):  # a legacy (non-zip) file cannot be mapped: read it whole
                 raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = safe_load(path, map_location="cpu")
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
         reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
         raise CheckpointReadError(

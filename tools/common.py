@@ -26,6 +26,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
+from lightning_modules.safe_load import safe_load
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = ROOT / "experiments"
 
@@ -186,15 +188,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ToolError(f"checkpoint '{path}' does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - Lightning checkpoints may pickle hyper-parameter objects
-        warnings.warn(
-            f"'{path}' holds more than tensors; loading it with weights_only=False (only do this for "
-            "checkpoints you wrote yourself)",
-            stacklevel=2,
-        )
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = safe_load(path, map_location="cpu")  # refuses a file that pickles code (UnsafeCheckpointError)
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
