@@ -20,6 +20,8 @@ state (what tools and tests compare), :func:`expand_config_args` the argument li
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,10 +39,20 @@ class ConfigComposeError(ValueError):
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """The YAML mapping stored in ``path`` (an empty file is ``{}``)."""
+    """The YAML mapping stored in ``path`` (an empty file is ``{}``); a fresh copy on every call."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        stat = path.stat()
+    except OSError as err:
+        raise ConfigComposeError(f"cannot read experiment file '{path}': {err}") from err
+    # rows share their recipe files: parse each file once per content version (path, mtime, size)
+    return copy.deepcopy(_read_yaml(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_yaml(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
     except OSError as err:
         raise ConfigComposeError(f"cannot read experiment file '{path}': {err}") from err
     except yaml.YAMLError as err:
