@@ -122,3 +122,13 @@ def test_vig_runs_with_fewer_nodes_than_k_times_dilation():
     model = timm.create_model("vig_b_224", num_classes=3).eval()
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 3, 32, 32))).all()
+
+
+def test_published_sizes_are_shown_beside_ours():
+    """tools.profile reads the tables' params/MACs of the new rows from tools/published/."""
+    from tools.profile import published_complexity
+
+    assert published_complexity("hornet_base_7x7_ceramic") == (86.256, 15.583)
+    assert published_complexity("conformer_base_patch16_ceramic") == (81.226, 23.401)
+    assert published_complexity("vig_b_224_ceramic") == (85.841, 17.681)
+    assert published_complexity("cvt_13_cifar10") == (None, None)  # the FFT paper gives no CvT size

@@ -16,6 +16,9 @@ Examples::
     python -m tools.profile --model resnet50 --num-classes 1000
     python -m tools.profile --config experiments/msfca/msfca50_ceramic.yaml --device cuda --batch-size 32
     python -m tools.profile --config experiments/a.yaml --config experiments/b.yaml --csv complexity.csv
+
+A row built from an experiment file whose paper table states its size (``tools/published/*.csv``,
+``params_m`` / ``gmacs`` cells naming that file) shows the table's figures beside ours.
 """
 
 from __future__ import annotations
@@ -53,6 +56,20 @@ class ProfileRow:
     latency_ms: float | None
     device: str
     dtype: str
+    paper_params_m: float | None = None
+    paper_gmacs: float | None = None
+
+
+def published_complexity(experiment: str) -> tuple[float | None, float | None]:
+    """The ``params_m`` and ``gmacs`` a paper's table gives for the row of experiment file ``experiment``."""
+    from tools.report import PAPERS, read_published
+
+    found: dict[str, float] = {}
+    for paper in PAPERS:
+        for row in read_published(paper):
+            if row["metric"] in ("params_m", "gmacs") and experiment in row["experiment"].split("|"):
+                found.setdefault(row["metric"], float(row["value"]))
+    return found.get("params_m"), found.get("gmacs")
 
 
 def measure_latency(
@@ -111,19 +128,38 @@ def profile_network(
         amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         latency = measure_latency(model, x, runs=runs, warmup=warmup, dtype=amp)
         model.to("cpu")
-    return ProfileRow(loaded.name, size, params / 1e6, macs / 1e9, batch_size, latency, device, dtype)
+    paper_params, paper_gmacs = published_complexity(loaded.name) if loaded.task is not None else (None, None)
+    return ProfileRow(
+        loaded.name,
+        size,
+        params / 1e6,
+        macs / 1e9,
+        batch_size,
+        latency,
+        device,
+        dtype,
+        paper_params,
+        paper_gmacs,
+    )
 
 
 def to_markdown(rows: Sequence[ProfileRow]) -> str:
     """A markdown table of profile rows."""
+    paper = any(r.paper_params_m is not None or r.paper_gmacs is not None for r in rows)
+    extra = (" paper Params (M) | paper MACs (G) |", " ---: | ---: |") if paper else ("", "")
     lines = [
-        "| model | input | Params (M) | MACs (G) | batch | latency (ms) | device | dtype |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+        "| model | input | Params (M) | MACs (G) |" + extra[0] + " batch | latency (ms) | device | dtype |",
+        "| --- | --- | ---: | ---: |" + extra[1] + " ---: | ---: | --- | --- |",
     ]
     for r in rows:
         lat = f"{r.latency_ms:.2f}" if r.latency_ms is not None else "-"
+        figures = ""
+        if paper:
+            figures = "".join(
+                f" {v:.3f} |" if v is not None else " - |" for v in (r.paper_params_m, r.paper_gmacs)
+            )
         lines.append(
-            f"| {r.name} | {r.image_size} | {r.params_m:.3f} | {r.gmacs:.3f} | {r.batch_size} | {lat} "
+            f"| {r.name} | {r.image_size} | {r.params_m:.3f} | {r.gmacs:.3f} |{figures} {r.batch_size} | {lat} "
             f"| {r.device} | {r.dtype} |"
         )
     return "\n".join(lines)
