@@ -18,16 +18,18 @@ break it, while a changed value or a vanished key does). Updating the snapshot i
 change of a recipe made on purpose; review the diff of the JSON file before committing it::
 
     .venv/bin/python -m tests.experiment_snapshot --update      # rewrite the snapshot from today's files
+    .venv/bin/python -m tests.experiment_snapshot --update 'fft/*'   # only the rows you changed (globs)
     .venv/bin/python -m tests.experiment_snapshot               # print the differences, exit 1 if any
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +104,15 @@ def resolve(parser: Any, path: Path, strip_base_infrastructure: bool = True) -> 
     return dumped
 
 
-def current() -> dict[str, dict[str, Any]]:
-    """Today's ``{row: {stated, resolved}}`` for every row file."""
+def current(patterns: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Today's ``{row: {stated, resolved}}`` for every row file (or those matching a glob of ``patterns``)."""
     parser = make_parser()
-    return {row_key(p): {"stated": compose(p), "resolved": resolve(parser, p)} for p in row_files()}
+    rows = [p for p in row_files() if _selected(row_key(p), patterns)]
+    return {row_key(p): {"stated": compose(p), "resolved": resolve(parser, p)} for p in rows}
+
+
+def _selected(key: str, patterns: Sequence[str]) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(key, pat) for pat in patterns)
 
 
 def load() -> dict[str, dict[str, Any]]:
@@ -149,13 +156,20 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--update", action="store_true", help="rewrite the snapshot from today's files")
+    parser.add_argument(
+        "rows",
+        nargs="*",
+        help="only these rows (globs of the keys, e.g. 'fft/*' 'acanet/resnet18_cub_*'); others are kept",
+    )
     args = parser.parse_args(argv)
-    now = current()
+    now = current(args.rows)
+    old = {k: v for k, v in load().items() if _selected(k, args.rows)}
     if args.update:
-        write(now)
-        print(f"wrote {len(now)} rows to {SNAPSHOT.relative_to(ROOT)}")
+        kept = {k: v for k, v in load().items() if not _selected(k, args.rows)}
+        write({**kept, **now})
+        print(f"wrote {len(now)} rows ({len(kept)} kept as they were) to {SNAPSHOT.relative_to(ROOT)}")
         return 0
-    lines = differences(load(), now)
+    lines = differences(old, now)
     print("\n".join(lines) if lines else f"{len(now)} rows match the snapshot")
     return 1 if lines else 0
 
