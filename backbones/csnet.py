@@ -45,11 +45,11 @@ from typing import Any
 
 import timm
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
+from backbones import _factory
 from backbones.errors import ModelConfigError
 from backbones.layers.cross_layer_attention import (
     CombineMode,
@@ -145,18 +145,6 @@ class CSNet(nn.Module):
         self.head_hidden_size = (
             self.head.num_features
         )  # pooled width (2x num_features for "avgmax"/"catavgmax")
-        self.pretrained_cfg = self.default_cfg = dict(
-            architecture=type(self).__name__.lower(),
-            input_size=(in_chans, 448, 448),
-            pool_size=(14, 14),
-            crop_pct=448 / 512,
-            interpolation="bilinear",
-            mean=IMAGENET_DEFAULT_MEAN,
-            std=IMAGENET_DEFAULT_STD,
-            first_conv="trunk.conv1",
-            classifier="head.fc",
-            num_classes=num_classes,
-        )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -193,7 +181,14 @@ class CSNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-_TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+#: timm pretrained-config entries: CUB-style 448 input (Sec. 4.1), no hub weights of CS-Net's own.
+_CFG = dict(
+    input_size=(3, 448, 448),
+    pool_size=(14, 14),
+    crop_pct=448 / 512,
+    first_conv="trunk.conv1",
+    classifier="head.fc",
+)
 
 _ABLATIONS: dict[str, dict[str, Any]] = {
     "baseline": dict(channel_attn=False, spatial_attn=False, fusion="none"),
@@ -206,67 +201,93 @@ _ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 def _create_csnet(
-    default_trunk: str, ablation: str, pretrained: bool | str | os.PathLike = False, **kwargs: Any
+    variant: str,
+    default_trunk: str,
+    ablation: str,
+    pretrained: bool | str | os.PathLike = False,
+    **kwargs: Any,
 ) -> CSNet:
     """Build a registered variant; ``pretrained`` is timm's bool (hub weights) or a local checkpoint path.
 
+    ``pretrained=True`` loads the *trunk's* timm hub weights (the CS module has none of its own).
     ``kwargs`` override the variant's defaults, the trunk included (``trunk="resnet18"`` for quick tests).
     """
-    for key in _TIMM_FACTORY_KWARGS:  # passed by timm.create_model; CS-Net has no hub weights of its own
-        kwargs.pop(key, None)
-    trunk = kwargs.pop("trunk", default_trunk)
     local = pretrained if isinstance(pretrained, (str, os.PathLike)) else None
-    model = CSNet(
-        trunk=trunk, **{**_ABLATIONS[ablation], **kwargs}, pretrained_trunk=bool(pretrained) and local is None
+    model = _factory.build(
+        CSNet,
+        variant,
+        False,
+        no_weights="",
+        features="the CS module fuses stages 3 and 4 into one map; build the trunk itself "
+        "(timm.create_model(trunk, features_only=True)) for per-stage maps.",
+        **{"trunk": default_trunk, **_ABLATIONS[ablation], **kwargs},
+        pretrained_trunk=bool(pretrained) and local is None,
     )
     if local is not None:
         load_pretrained(model, local)
     return model
 
 
+default_cfgs = generate_default_cfgs(
+    {
+        name: _factory.cfg(**_CFG)
+        for name in [
+            "csnet101",
+            "csnet101_baseline",
+            "csnet101_low",
+            "csnet101_channel",
+            "csnet101_spatial",
+            "csnet101_both",
+            "csnet50",
+            "csnet50_baseline",
+        ]
+    }
+)
+
+
 @register_model
 def csnet101(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """CS-Net on ResNet-101: channel + spatial cross-layer attention and the learned fusion (full model)."""
-    return _create_csnet("resnet101", "full", pretrained, **kwargs)
+    return _create_csnet("csnet101", "resnet101", "full", pretrained, **kwargs)
 
 
 @register_model
 def csnet101_baseline(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """Ablation: the ResNet-101 backbone alone."""
-    return _create_csnet("resnet101", "baseline", pretrained, **kwargs)
+    return _create_csnet("csnet101_baseline", "resnet101", "baseline", pretrained, **kwargs)
 
 
 @register_model
 def csnet101_low(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """Control: ResNet-101 + pooled stage-3 features concatenated, no attention."""
-    return _create_csnet("resnet101", "low", pretrained, **kwargs)
+    return _create_csnet("csnet101_low", "resnet101", "low", pretrained, **kwargs)
 
 
 @register_model
 def csnet101_channel(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """Ablation: + cross-layer channel attention (parameter-free concat fusion)."""
-    return _create_csnet("resnet101", "channel", pretrained, **kwargs)
+    return _create_csnet("csnet101_channel", "resnet101", "channel", pretrained, **kwargs)
 
 
 @register_model
 def csnet101_spatial(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """Ablation: + cross-layer spatial attention (parameter-free concat fusion)."""
-    return _create_csnet("resnet101", "spatial", pretrained, **kwargs)
+    return _create_csnet("csnet101_spatial", "resnet101", "spatial", pretrained, **kwargs)
 
 
 @register_model
 def csnet101_both(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """Ablation: + channel and spatial cross-layer attention (parameter-free concat fusion)."""
-    return _create_csnet("resnet101", "both", pretrained, **kwargs)
+    return _create_csnet("csnet101_both", "resnet101", "both", pretrained, **kwargs)
 
 
 @register_model
 def csnet50(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """CS-Net on ResNet-50 (full model)."""
-    return _create_csnet("resnet50", "full", pretrained, **kwargs)
+    return _create_csnet("csnet50", "resnet50", "full", pretrained, **kwargs)
 
 
 @register_model
 def csnet50_baseline(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """Ablation: the ResNet-50 backbone alone."""
-    return _create_csnet("resnet50", "baseline", pretrained, **kwargs)
+    return _create_csnet("csnet50_baseline", "resnet50", "baseline", pretrained, **kwargs)

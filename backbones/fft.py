@@ -50,7 +50,6 @@ a missing part.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -58,9 +57,11 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed, trunc_normal_
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
+from backbones import _factory
 from backbones.errors import ModelConfigError
 from backbones.layers.fft_block import FFTBlock, grid_of
 from backbones.layers.residual_attention import ResidualAttention
@@ -129,6 +130,7 @@ class FFT(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        self.grad_checkpointing = False
         if num_streams not in (1, 2, 3):
             raise ModelConfigError(
                 f"FFT num_streams must be 1, 2 or 3 (ResNet-18's last maps), got {num_streams}"
@@ -160,7 +162,7 @@ class FFT(nn.Module):
         )
         self.head_drop = nn.Dropout(drop_rate)
         if depth == 0:  # "ResNet18 linear": pooled last map -> classifier
-            self.embed_dim = self.num_features = stage_channels[-1]
+            self.embed_dim = self.num_features = self.head_hidden_size = stage_channels[-1]
             self.patch_embeds = nn.ModuleList()
             self.pos_embeds = nn.ParameterList()
             self.blocks = nn.ModuleList()
@@ -169,7 +171,7 @@ class FFT(nn.Module):
             self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
             return
 
-        self.embed_dim = self.num_features = embed_dim
+        self.embed_dim = self.num_features = self.head_hidden_size = embed_dim
         self.patch_embeds = nn.ModuleList(
             nn.Conv2d(c, embed_dim, p, stride=p) for c, p in zip(stage_channels, patch_sizes)
         )
@@ -226,6 +228,12 @@ class FFT(nn.Module):
         names = {"cls_token"} if self.cls_token is not None else set()
         return names | {f"pos_embeds.{i}" for i in range(len(self.pos_embeds))}
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each FFT block in the backward pass (and the trunk's residual blocks)."""
+        self.grad_checkpointing = enable
+        self.trunk.set_grad_checkpointing(enable)
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -277,7 +285,10 @@ class FFT(nn.Module):
         tokens, grids = self._embed(self.extract_maps(x))
         attns = []
         for block in self.blocks:
-            tokens, attn = block(tokens, grids, return_attn=return_attn)
+            if self.grad_checkpointing and self.training and not return_attn and torch.is_grad_enabled():
+                tokens, attn = checkpoint(block, tokens, grids, use_reentrant=False)
+            else:
+                tokens, attn = block(tokens, grids, return_attn=return_attn)
             if attn is not None:
                 attns.append(attn)
         self._last_grid = grids[-1]
@@ -327,19 +338,17 @@ class FFT(nn.Module):
 
 
 # ---------------------------------------------------------------------- registered variants
-def _create(pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> FFT:
-    if pretrained:
-        raise ModelConfigError(
-            "FFT models have no hub weights (no public code or checkpoints for the paper). Use "
-            "`pretrained: /path/to/resnet18.pth` in the task to load a local ResNet-18 state dict into the trunk."
-        )
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    device = kwargs.pop("device", None)
-    kwargs.pop("dtype", None)
-    ctx = torch.device(device) if device is not None else contextlib.nullcontext()
-    with ctx:
-        return FFT(**{**defaults, **kwargs})
+def _create(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> FFT:
+    return _factory.build(
+        FFT,
+        variant,
+        pretrained,
+        no_weights="FFT models have no hub weights (no public code or checkpoints for the paper). Use "
+        "`pretrained: /path/to/resnet18.pth` in the task to load a local ResNet-18 state dict into the trunk.",
+        features="FFT fuses the three last ResNet-18 maps into one token sequence; there is no per-stage "
+        "pyramid of its own (use forward_features for the (B, 1 + N, D) tokens).",
+        **{**defaults, **kwargs},
+    )
 
 
 _TINY = dict(depth=3, embed_dim=256, mlp_dim=512, num_heads=12)
@@ -347,34 +356,53 @@ _BASE = dict(depth=6, embed_dim=512, mlp_dim=1024, num_heads=16)
 _LARGE = dict(depth=12, embed_dim=512, mlp_dim=1024, num_heads=18)
 
 
+#: timm pretrained-config entries: 256 input (Sec. IV-A), no hub weights.
+default_cfgs = generate_default_cfgs(
+    {
+        name: _factory.cfg(
+            input_size=(3, 256, 256), pool_size=None, first_conv="trunk.conv1", classifier="head"
+        )
+        for name in [
+            "fft_tiny",
+            "fft_base",
+            "fft_large",
+            "fft_base_no_ram",
+            "fft_base_no_pos",
+            "resnet18_vit",
+            "resnet18_linear",
+        ]
+    }
+)
+
+
 @register_model
 def fft_tiny(pretrained: bool = False, **kwargs: Any) -> FFT:
     """FFT-Tiny (Table II): 3 FFT blocks, patch dim 256, MLP dim 512, 12 heads. Paper: 43 M parameters."""
-    return _create(pretrained, _TINY, kwargs)
+    return _create("fft_tiny", pretrained, _TINY, kwargs)
 
 
 @register_model
 def fft_base(pretrained: bool = False, **kwargs: Any) -> FFT:
     """FFT-Base (Table II): 6 blocks, patch dim 512, MLP dim 1024, 16 heads. Paper: 266 M parameters."""
-    return _create(pretrained, _BASE, kwargs)
+    return _create("fft_base", pretrained, _BASE, kwargs)
 
 
 @register_model
 def fft_large(pretrained: bool = False, **kwargs: Any) -> FFT:
     """FFT-Large (Table II "Lager"): 12 blocks, patch dim 512, MLP dim 1024, 18 heads. Paper: 566 M."""
-    return _create(pretrained, _LARGE, kwargs)
+    return _create("fft_large", pretrained, _LARGE, kwargs)
 
 
 @register_model
 def fft_base_no_ram(pretrained: bool = False, **kwargs: Any) -> FFT:
     """Table V "Ours without ram": FFT-Base without the residual attention modules."""
-    return _create(pretrained, {**_BASE, "use_ram": False}, kwargs)
+    return _create("fft_base_no_ram", pretrained, {**_BASE, "use_ram": False}, kwargs)
 
 
 @register_model
 def fft_base_no_pos(pretrained: bool = False, **kwargs: Any) -> FFT:
     """Table V "Ours without position": FFT-Base without the position encodings of Eq. 19-21."""
-    return _create(pretrained, {**_BASE, "use_pos_embed": False}, kwargs)
+    return _create("fft_base_no_pos", pretrained, {**_BASE, "use_pos_embed": False}, kwargs)
 
 
 @register_model
@@ -384,10 +412,10 @@ def resnet18_vit(pretrained: bool = False, **kwargs: Any) -> FFT:
     Encoder sizes are FFT-Base's (6 layers, width 512, MLP 1024, 16 heads of 64); the paper gives none.
     No RAM, one stream, so no fusion.
     """
-    return _create(pretrained, {**_BASE, "num_streams": 1, "use_ram": False}, kwargs)
+    return _create("resnet18_vit", pretrained, {**_BASE, "num_streams": 1, "use_ram": False}, kwargs)
 
 
 @register_model
 def resnet18_linear(pretrained: bool = False, **kwargs: Any) -> FFT:
     """Table III "Resnet18 linear": ResNet-18 (no RAM), global average pooling, one linear layer."""
-    return _create(pretrained, {"depth": 0, "num_streams": 1, "use_ram": False}, kwargs)
+    return _create("resnet18_linear", pretrained, {"depth": 0, "num_streams": 1, "use_ram": False}, kwargs)

@@ -54,10 +54,11 @@ import re
 from typing import Any, Literal
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 from torch import Tensor, nn
 
+from backbones import _factory
 from backbones.errors import ModelConfigError
 from backbones.layers.chunking_attention import create_chunking_attention
 from backbones.layers.cross_scale_attention import CrossScaleCoordAttention
@@ -393,22 +394,6 @@ class MSFCAResNet(ResNet):
         return mapped
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "conv1",
-        "classifier": "fc",
-        **kwargs,
-    }
-
-
 _VARIANTS: dict[str, dict[str, Any]] = {
     # Table VIII "Ours" / Table VI version B of "+Cross Scale +PCA-Parallel": the paper's final model.
     "msfca50": dict(bottleneck="msf", attention="pca_parallel", version="B"),
@@ -428,18 +413,29 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "msfca50_msf_pca_parallel": dict(bottleneck="msf", attention="pca_parallel", version="B"),
 }
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in _VARIANTS})
+# The MSF variants have the deep stem (module docstring, item 6): their first conv is ``conv1.0``.
+default_cfgs = generate_default_cfgs(
+    {
+        name: _factory.cfg(first_conv="conv1.0" if args["bottleneck"] == "msf" else "conv1")
+        for name, args in _VARIANTS.items()
+    }
+)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MSFCAResNet:
-    if pretrained:
-        raise ModelConfigError(
-            f"{variant}: no hub weights exist for this paper model. Set `pretrained: <path>` in the task "
-            "(a local ResNet-50 state dict for the standard-bottleneck variants, Res2Net-50d for the MSF "
-            "ones); it is loaded with backbones.load_pretrained."
-        )
-    model_args = {**_VARIANTS[variant], **kwargs}
-    return build_model_with_cfg(MSFCAResNet, variant, pretrained=False, **model_args)
+    model = _factory.build(
+        MSFCAResNet,
+        variant,
+        pretrained,
+        no_weights=f"{variant}: no hub weights exist for this paper model. Set `pretrained: <path>` in the task "
+        "(a local ResNet-50 state dict for the standard-bottleneck variants, Res2Net-50d for the MSF "
+        "ones); it is loaded with backbones.load_pretrained.",
+        **{**_VARIANTS[variant], **kwargs},
+    )
+    stem = getattr(model, "conv1", None)
+    if isinstance(stem, nn.Sequential):  # deep stem (also when stem_type="deep" is asked explicitly)
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "first_conv": "conv1.0"}
+    return model
 
 
 @register_model

@@ -35,7 +35,11 @@ Choices the paper leaves open (all constructor arguments; see docs/tokenfusion.m
   the "single" variant uses one bridge from the last stage (a 6-channel unified map).
 * Layer-by-layer: stage maps are coupled to the patch grid as in Conformer (1x1 conv, average pooling
   or copy, LayerNorm, GELU); integration by ``t + Linear([LN(t), c])``.
-* No final LayerNorm on the token stream; each head normalises after pooling (timm ``fc_norm``).
+* No final LayerNorm on the token stream; each head normalises after pooling (timm ``fc_norm``). With the
+  token-wise head this makes the MLP output bias of a stream's last block (``blocks.11.mlp.fc2.bias``,
+  ``cnn_blocks.5.mlp.fc2.bias``, ...) zero-gradient by construction: it adds one constant to every
+  token's channel mean, which the LayerNorm over tokens removes. It stays (a timm ``Block`` parameter,
+  used by the other heads); tests/test_tokenfusion.py names these biases.
 * Inputs of any size divisible by 32 run (position embeddings are resampled; the token-wise head
   resamples its per-token vector to the built grid).
 """
@@ -46,13 +50,13 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed, trunc_normal_
-from timm.models import checkpoint_seq, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from backbones import _factory
 from backbones.errors import ModelConfigError
 from backbones.layers.token_fusion_blocks import (
     BridgeBlock,
@@ -456,27 +460,6 @@ def _init_transformer_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _cfg(**overrides: Any) -> dict[str, Any]:
-    cfg = dict(
-        url="",
-        num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=None,
-        crop_pct=0.875,
-        interpolation="bilinear",
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        first_conv="trunk.conv1",
-        classifier="head.fc",
-        fixed_input_size=False,
-    )
-    cfg.update(overrides)
-    return cfg
-
-
-#: timm pretrained-config entries (no hub weights: the ResNet-101 trunk loads from a local file).
-default_cfgs: dict[str, dict[str, Any]] = {}
-
 _VARIANTS: dict[str, dict[str, Any]] = {
     # Table 1 (basic models, Fig. 2-4); the head is chosen with ``head=``.
     "tokenfusion_late": dict(method="late"),
@@ -491,23 +474,27 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "tokenfusion_early_copy_single": dict(method="early", bridge_upsample="copy", bridge_stages="single"),
     "tokenfusion_layer_cls": dict(method="layer", class_token=True),
 }
-for _name in _VARIANTS:
-    default_cfgs[_name] = _cfg()
+#: timm pretrained-config entries (no hub weights: the ResNet-101 trunk loads from a local file).
+default_cfgs = generate_default_cfgs(
+    {
+        name: _factory.cfg(pool_size=None, first_conv="trunk.conv1", classifier="head.fc")
+        for name in _VARIANTS
+    }
+)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> TokenFusion:
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # passed by timm.create_model
-        kwargs.pop(key, None)
-    if pretrained:
-        raise ModelConfigError(
-            f"{variant}: there are no published TokenFusion weights to download. Initialise the ResNet-101 "
-            "trunk from a local file instead: `pretrained: /path/to/resnet101.pth` in the task (plain "
-            "timm/torchvision resnet101 state dict; keys load under 'trunk.')."
-        )
-    args = {**_VARIANTS[variant], **kwargs}
-    model = TokenFusion(**args)
-    model.pretrained_cfg = model.default_cfg = dict(default_cfgs[variant], architecture=variant)
-    return model
+    return _factory.build(
+        TokenFusion,
+        variant,
+        pretrained,
+        no_weights=f"{variant}: there are no published TokenFusion weights to download. Initialise the "
+        "ResNet-101 trunk from a local file instead: `pretrained: /path/to/resnet101.pth` in the task (plain "
+        "timm/torchvision resnet101 state dict; keys load under 'trunk.').",
+        features="TokenFusion's fused tokens exist only after the last fusion (no per-stage feature maps "
+        "of one stream); use forward_features (B, N, C tokens) instead.",
+        **{**_VARIANTS[variant], **kwargs},
+    )
 
 
 @register_model

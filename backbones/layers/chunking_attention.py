@@ -18,7 +18,9 @@ see ``backbones/msfca.py`` and ``docs/msfca.md``):
   and the complexity analysis (Score in R^{Kh x Kw x sqrt(HW) x sqrt(HW)} times V in
   R^{Kh x Kw x sqrt(HW) x C}) state. We implement it literally.
 * **PA reduction r** = 32 (the paper's r of Eq. 2; Q and K are C -> C/32, V is C -> C, all with bias). This
-  gives exactly the paper's "+PA" parameter count (37.143 M).
+  gives exactly the paper's "+PA" parameter count (37.143 M). The Key bias is kept for that count although
+  its gradient is zero by construction: it adds the same vector to every key token, which shifts all scores
+  of a query equally, and the softmax over key tokens cancels the shift.
 * **PA padding.** H and W are reflect-padded (mirror padding, Sec. III-B-2) to the next perfect squares,
   split as evenly as possible between the two borders (the extra row/column goes to the bottom/right).
   Q, K and V are computed on the padded map (this is what the paper's FLOP figures count: +1.951 G for

@@ -1,0 +1,128 @@
+"""timm's model contract for every model this project registers, for every timm caller.
+
+Iterates timm's registry (every ``@register_model`` function defined under ``backbones``), so a new model
+is covered without editing this file. Cheap by construction: the per-model checks build on the meta device
+(no memory, no compute); the forward/backward checks run on the smallest model of each family at 64 x 64
+(test_models.py has the full forward contract), and ``torch.compile`` runs in the slow suite.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import timm
+import torch
+from timm.models._registry import _model_entrypoints
+from torch import nn
+
+import backbones  # noqa: F401  (registers the models)
+from backbones.errors import ModelConfigError
+
+OURS = sorted(n for n, fn in _model_entrypoints.items() if fn.__module__.startswith("backbones."))
+FAMILY = {n: _model_entrypoints[n].__module__ for n in OURS}
+FAMILIES = sorted(set(FAMILY.values()))
+OVERLAY = dict(mean=(0.5, 0.25, 0.125), crop_pct=0.5)
+
+
+def _meta(name: str, **kwargs) -> nn.Module:
+    return timm.create_model(name, device="meta", **kwargs)
+
+
+@functools.cache
+def smallest(family: str) -> str:
+    """The model of ``family`` with the fewest parameters (counted on the meta device)."""
+    names = [n for n in OURS if FAMILY[n] == family]
+    return min(names, key=lambda n: sum(p.numel() for p in _meta(n, num_classes=7).parameters()))
+
+
+def test_registry_lists_every_paper_family() -> None:
+    modules = {f.rsplit(".", 1)[-1] for f in FAMILIES}
+    assert {"acanet", "msfca", "fft", "csnet", "tokenfusion"} <= modules
+    assert len(OURS) >= 40
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_create_model_takes_every_timm_kwarg(name: str) -> None:
+    """device/dtype/num_classes/drop_rate/pretrained_cfg_overlay, the pretrained cfg and the head API."""
+    model = _meta(name, dtype=torch.bfloat16, num_classes=7, drop_rate=0.1, pretrained_cfg_overlay=OVERLAY)
+    params = list(model.parameters())
+    assert params and all(p.device.type == "meta" and p.dtype == torch.bfloat16 for p in params)
+    assert all(b.device.type == "meta" for b in model.buffers())
+    assert model.num_classes == 7 and model.get_classifier().out_features == 7
+
+    cfg = model.pretrained_cfg
+    assert model.default_cfg is cfg and cfg["architecture"] == name
+    assert cfg["mean"] == OVERLAY["mean"] and cfg["crop_pct"] == OVERLAY["crop_pct"]
+    assert len(cfg["input_size"]) == 3 and len(cfg["std"]) == 3 and cfg["url"] == ""
+    first = model.get_submodule(cfg["first_conv"])
+    assert isinstance(first, nn.Conv2d) and first.in_channels == cfg["input_size"][0], cfg["first_conv"]
+    assert model.get_submodule(cfg["classifier"]) is model.get_classifier()
+
+    assert isinstance(model.num_features, int) and isinstance(model.head_hidden_size, int)
+    assert model.get_classifier().in_features == model.head_hidden_size
+    model.set_grad_checkpointing(True)
+    model.set_grad_checkpointing(False)
+    model.reset_classifier(3)
+    assert model.num_classes == 3 and model.get_classifier().out_features == 3
+    model.reset_classifier(0)
+    assert model.num_classes == 0 and isinstance(model.get_classifier(), nn.Identity)
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_pretrained_true_is_refused_and_cfg_dict_accepted(name: str) -> None:
+    if "csnet" not in FAMILY[name]:  # CS-Net's pretrained=True means the trunk's timm hub weights
+        with pytest.raises(ModelConfigError):
+            _meta(name, pretrained=True, num_classes=7)
+    cfg = dict(timm.get_pretrained_cfg(name).to_dict(), std=(1.0, 1.0, 1.0))
+    assert _meta(name, num_classes=7, pretrained_cfg=cfg).pretrained_cfg["std"] == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_features_only_builds_or_says_why_not(name: str) -> None:
+    try:
+        model = _meta(name, features_only=True)
+    except ModelConfigError as err:
+        assert "features_only is not supported" in str(err) and "\n" not in str(err)
+        return
+    info = model.feature_info
+    assert len(info.channels()) >= 3 and info.reduction() == sorted(info.reduction())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_smallest_model_forward_backward_features(family: str) -> None:
+    """Real forward/backward at 64 x 64: logits, forward_features/forward_head, features_only maps."""
+    name = smallest(family)
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=7, drop_rate=0.1)
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.forward_features(x)
+    logits = model.forward_head(feats)
+    assert logits.shape == (2, 7) and torch.isfinite(logits).all()
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size)
+    logits.logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.set_grad_checkpointing(True)
+    model.zero_grad()
+    model(x).logsumexp(1).sum().backward()  # checkpointed blocks still give every parameter a gradient
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    try:
+        fmodel = timm.create_model(name, features_only=True).eval()
+    except ModelConfigError:
+        return
+    with torch.no_grad():
+        maps = fmodel(x)
+    assert [m.shape[1] for m in maps] == fmodel.feature_info.channels()
+    assert [64 // m.shape[-1] for m in maps] == fmodel.feature_info.reduction()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_torch_compile_smoke(family: str) -> None:
+    """The smallest model of each family compiles (inductor on CPU) and matches eager in eval mode."""
+    model = timm.create_model(smallest(family), num_classes=5).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = torch.compile(model)(x)
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
