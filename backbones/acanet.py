@@ -58,10 +58,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
+from backbones import _factory
 from backbones.errors import ModelConfigError
 from backbones.layers.accb import ACCB
 from backbones.layers.fcsa import FCSA
@@ -365,22 +365,20 @@ def _divisor_at_most(channels: int, heads: int) -> int:
 
 
 def _create_acanet(variant: str, pretrained: bool = False, defaults: dict[str, Any] | None = None, **kwargs):
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    if pretrained:
-        raise ModelConfigError(
-            f"{variant} has no downloadable weights; train from scratch (as the paper does) or pass a local "
-            "ResNet-18 state dict as the task's `pretrained: /path/to/resnet18.pth`."
-        )
-    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    model = ACANet(**{**(defaults or {}), **kwargs})
-    if device is not None or dtype is not None:
-        model = model.to(device=device, dtype=dtype)
-    model.pretrained_cfg = dict(
-        architecture=variant, input_size=(3, 224, 224), num_classes=model.num_classes,
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="conv1", classifier="fc",
-    )  # fmt: skip
-    return model
+    return _factory.build(
+        ACANet,
+        variant,
+        pretrained,
+        no_weights=f"{variant} has no downloadable weights; train from scratch (as the paper does) or pass a "
+        "local ResNet-18 state dict as the task's `pretrained: /path/to/resnet18.pth`.",
+        **{**(defaults or {}), **kwargs},
+    )
+
+
+#: timm pretrained-config entries (no hub weights).
+default_cfgs = generate_default_cfgs(
+    {name: _factory.cfg() for name in ("acanet18", "acanet18_no_accb", "acanet18_no_fcsa_accb", "resnet18_mc")}
+)
 
 
 @register_model

@@ -26,22 +26,17 @@ from typing import Any
 
 import torch
 import torchvision
-from timm.models import register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.vgg import VGG, cfgs
 from torch import Tensor, nn
 
+from backbones import _factory
 from backbones.acanet import MCHiddenLayer
 from backbones.errors import ModelConfigError
 
 
-def _drop_timm_kwargs(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    if pretrained:
-        raise ModelConfigError(
-            f"{variant} has no downloadable weights here; pass a local state dict as the task's `pretrained`."
-        )
-    return kwargs
+def _no_weights(variant: str) -> str:
+    return f"{variant} has no downloadable weights here; pass a local state dict as the task's `pretrained`."
 
 
 class GoogLeNet(torchvision.models.GoogLeNet):
@@ -72,12 +67,24 @@ class GoogLeNet(torchvision.models.GoogLeNet):
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    _TRUNK = (
+        "conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
+        "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
+        "inception5a", "inception5b",
+    )  # fmt: skip
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each trunk module (stem convs, inception blocks) in the backward pass."""
+        self.grad_checkpointing = enable
+
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.maxpool2(self.conv3(self.conv2(self.maxpool1(self.conv1(x)))))
-        x = self.maxpool3(self.inception3b(self.inception3a(x)))
-        x = self.inception4c(self.inception4b(self.inception4a(x)))
-        x = self.maxpool4(self.inception4e(self.inception4d(x)))
-        return self.inception5b(self.inception5a(x))
+        modules = [getattr(self, name) for name in self._TRUNK]
+        if getattr(self, "grad_checkpointing", False) and self.training and torch.is_grad_enabled():
+            return checkpoint_seq(nn.Sequential(*modules), x)
+        for module in modules:
+            x = module(x)
+        return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.dropout(torch.flatten(self.avgpool(x), 1))
@@ -134,22 +141,42 @@ class VGGMC(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+#: timm pretrained-config entries (no hub weights).
+default_cfgs = generate_default_cfgs(
+    {
+        "googlenet": _factory.cfg(first_conv="conv1.conv", classifier="fc"),
+        "vgg16_mc": _factory.cfg(first_conv="features.0", classifier="fc"),
+    }
+)
+
+
 @register_model
 def googlenet(pretrained: bool = False, **kwargs: Any) -> GoogLeNet:
     """GoogLeNet (torchvision architecture, no auxiliary classifiers) for Table 3."""
-    kwargs = _drop_timm_kwargs("googlenet", pretrained, kwargs)
-    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    model = GoogLeNet(**kwargs)
-    return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
+    return _factory.build(
+        GoogLeNet,
+        "googlenet",
+        pretrained,
+        no_weights=_no_weights("googlenet"),
+        features="torchvision's GoogLeNet has no feature_info; use forward_features (the 1024-channel map).",
+        **kwargs,
+    )
 
 
 @register_model
 def vgg16_mc(pretrained: bool = False, mc_channels_per_class: int = 3, **kwargs: Any) -> VGGMC:
     """VGG-16 with a ``mc_channels_per_class * num_classes``-wide last conv for MC-Loss (Table 2)."""
-    kwargs = _drop_timm_kwargs("vgg16_mc", pretrained, kwargs)
     num_classes = kwargs.get("num_classes", 1000)
     if mc_channels_per_class < 1 or num_classes < 1:
         raise ModelConfigError("vgg16_mc needs mc_channels_per_class >= 1 and num_classes >= 1")
     cfg = list(cfgs["vgg16"])
     cfg[-2] = mc_channels_per_class * num_classes  # last conv before the final 'M'
-    return VGGMC(cfg, **kwargs)
+    return _factory.build(
+        VGGMC,
+        "vgg16_mc",
+        pretrained,
+        no_weights=_no_weights("vgg16_mc"),
+        features="the MC-Loss head reads the last conv map; use forward_features for it.",
+        model_cfg=cfg,
+        **kwargs,
+    )
