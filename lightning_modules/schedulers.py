@@ -23,6 +23,12 @@ def _warmup_factor(t: int, warmup: int, start: float) -> float:
     return start + (1.0 - start) * t / warmup
 
 
+class SchedulerConfigError(ValueError):
+    """A scheduler argument out of range (user error: one line, exit 2)."""
+
+    user_error = True
+
+
 class WarmupCosineLR(LRScheduler):
     """Linear warm-up from ``warmup_start_factor * lr`` to ``lr``, then cosine annealing to ``eta_min``.
 
@@ -44,7 +50,9 @@ class WarmupCosineLR(LRScheduler):
         last_epoch: int = -1,
     ) -> None:
         if not 0 <= warmup_epochs < max_epochs:
-            raise ValueError(f"need 0 <= warmup_epochs ({warmup_epochs}) < max_epochs ({max_epochs})")
+            raise SchedulerConfigError(
+                f"scheduler needs 0 <= warmup_epochs ({warmup_epochs}) < max_epochs ({max_epochs})"
+            )
         self.warmup_epochs, self.max_epochs = warmup_epochs, max_epochs
         self.warmup_start_factor, self.eta_min = warmup_start_factor, eta_min
         super().__init__(optimizer, last_epoch)

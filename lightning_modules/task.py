@@ -284,8 +284,15 @@ class ClassificationTask(LightningModule):
         specs = [dict(g) for g in (self.hparams.param_groups or [])]
         for spec in specs:
             if "pattern" not in spec:
-                raise ValueError(f"param_groups entry {spec} needs a 'pattern' (a regex on parameter names)")
-            spec["_re"] = re.compile(spec["pattern"])
+                raise TaskConfigError(
+                    f"param_groups entry {spec} needs a 'pattern' (a regex on parameter names)"
+                )
+            try:
+                spec["_re"] = re.compile(spec["pattern"])
+            except re.error as err:
+                raise TaskConfigError(
+                    f"param_groups pattern {spec['pattern']!r} is not a valid regex: {err}"
+                ) from None
         buckets: dict[tuple[int, bool], list[Tensor]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
@@ -295,7 +302,7 @@ class ClassificationTask(LightningModule):
             buckets.setdefault((idx, no_wd), []).append(param)
         for i, spec in enumerate(specs):
             if not any(key[0] == i for key in buckets):
-                raise ValueError(
+                raise TaskConfigError(
                     f"param_groups pattern {spec['pattern']!r} matches no trainable parameter; names look like "
                     f"{[n for n, _ in self.named_parameters()][:4]}"
                 )

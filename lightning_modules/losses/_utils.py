@@ -27,6 +27,12 @@ def autocast_off(device: torch.device) -> Iterator[None]:
         yield
 
 
+class LossConfigError(ValueError):
+    """A loss argument out of range, or a loss that does not fit the model (user error: one line, exit 2)."""
+
+    user_error = True
+
+
 def get_output(loss: nn.Module, outputs: dict[str, Tensor], key: str) -> Tensor:
     """Return ``outputs[key]`` or raise one clear error naming the loss and the missing backbone output."""
     if key not in outputs:
@@ -60,7 +66,7 @@ def require_bound(loss: nn.Module, tensor: Tensor | None) -> Tensor:
 def check_width(loss: nn.Module, x: Tensor, weight: Tensor) -> None:
     """Check that embeddings ``x`` (B, D) match the bound parameter ``weight`` (K, D)."""
     if x.ndim != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(
+        raise LossConfigError(
             f"{type(loss).__name__} was bound to num_features={weight.shape[1]} but got embeddings of shape "
             f"{tuple(x.shape)}. bind() must receive the width of the 'embeddings' output "
             "(forward_head(features, pre_logits=True)): for timm models with a pre-logits MLP, such as VGG's "
@@ -78,7 +84,7 @@ def all_reduce_sum_(*tensors: Tensor) -> None:
 def check_bind_args(loss: nn.Module, num_features: int, num_classes: int) -> None:
     """Reject unknown / invalid sizes before creating parameters from them."""
     if num_features <= 0 or num_classes <= 0:
-        raise ValueError(
+        raise LossConfigError(
             f"{type(loss).__name__}.bind() got num_features={num_features}, num_classes={num_classes}; both "
             "must be positive (the backbone must expose `num_features`, the pooled embedding width)."
         )

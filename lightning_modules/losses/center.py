@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.losses._utils import (
+    LossConfigError,
     all_reduce_sum_,
     autocast_off,
     check_bind_args,
@@ -55,9 +56,9 @@ class CenterLoss(TaskLoss):
     ) -> None:
         super().__init__()
         if weight < 0:
-            raise ValueError(f"CenterLoss weight (lambda) must be >= 0, got {weight}.")
+            raise LossConfigError(f"CenterLoss weight (lambda) must be >= 0, got {weight}.")
         if alpha is not None and not 0.0 <= alpha <= 1.0:
-            raise ValueError(
+            raise LossConfigError(
                 f"CenterLoss alpha (centre learning rate) must be in [0, 1] or None, got {alpha}."
             )
         self.weight = float(weight)

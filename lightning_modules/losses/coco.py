@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
+from lightning_modules.losses._utils import LossConfigError
 from lightning_modules.losses.margin import CosFaceLoss
 
 
@@ -41,7 +42,7 @@ class COCOLoss(CosFaceLoss):
 
     def __init__(self, alpha: float = 10.0) -> None:
         if alpha <= 0:
-            raise ValueError(f"COCOLoss alpha must be > 0, got {alpha}.")
+            raise LossConfigError(f"COCOLoss alpha must be > 0, got {alpha}.")
         super().__init__(s=alpha, m=0.0)
         self.alpha = float(alpha)
 

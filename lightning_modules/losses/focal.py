@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.losses._utils import autocast_off
+from lightning_modules.losses._utils import LossConfigError, autocast_off
 
 
 class FocalLoss(nn.Module):
@@ -45,11 +45,11 @@ class FocalLoss(nn.Module):
     ) -> None:
         super().__init__()
         if gamma < 0:
-            raise ValueError(f"FocalLoss gamma must be >= 0, got {gamma}.")
+            raise LossConfigError(f"FocalLoss gamma must be >= 0, got {gamma}.")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"FocalLoss label_smoothing must be in [0, 1), got {label_smoothing}.")
+            raise LossConfigError(f"FocalLoss label_smoothing must be in [0, 1), got {label_smoothing}.")
         if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"FocalLoss reduction must be mean, sum or none, got {reduction!r}.")
+            raise LossConfigError(f"FocalLoss reduction must be mean, sum or none, got {reduction!r}.")
         self.gamma = float(gamma)
         self.label_smoothing = float(label_smoothing)
         self.reduction = reduction

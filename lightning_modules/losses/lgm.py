@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.losses._utils import (
+    LossConfigError,
     autocast_off,
     check_bind_args,
     check_target,
@@ -49,7 +50,7 @@ class LGMLoss(TaskLoss):
     def __init__(self, alpha: float = 0.1, likelihood_weight: float = 0.01) -> None:
         super().__init__()
         if alpha < 0 or likelihood_weight < 0:
-            raise ValueError(
+            raise LossConfigError(
                 f"LGMLoss alpha and likelihood_weight must be >= 0, got {alpha}, {likelihood_weight}."
             )
         self.alpha = float(alpha)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.losses._utils import (
+    LossConfigError,
     autocast_off,
     check_bind_args,
     check_target,
@@ -103,9 +104,9 @@ class ASoftmaxLoss(_NormalisedClassifierLoss):
     ) -> None:
         super().__init__()
         if int(m) != m or m < 1:
-            raise ValueError(f"ASoftmaxLoss margin m must be a positive integer, got {m}.")
+            raise LossConfigError(f"ASoftmaxLoss margin m must be a positive integer, got {m}.")
         if lambda_min < 0 or lambda_base < 0:
-            raise ValueError("ASoftmaxLoss lambda_base and lambda_min must be >= 0.")
+            raise LossConfigError("ASoftmaxLoss lambda_base and lambda_min must be >= 0.")
         self.m = int(m)
         self.lambda_base = float(lambda_base)
         self.lambda_gamma = float(lambda_gamma)
@@ -173,7 +174,7 @@ class CosFaceLoss(_NormalisedClassifierLoss):
     def __init__(self, s: float = 30.0, m: float = 0.35) -> None:
         super().__init__()
         if s <= 0:
-            raise ValueError(f"CosFaceLoss scale s must be > 0, got {s}.")
+            raise LossConfigError(f"CosFaceLoss scale s must be > 0, got {s}.")
         self.s = float(s)
         self.m = float(m)
 

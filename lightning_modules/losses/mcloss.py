@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.losses._utils import autocast_off, check_target, get_output
+from lightning_modules.losses._utils import LossConfigError, autocast_off, check_target, get_output
 from lightning_modules.losses.base import TaskLoss
 
 
@@ -63,9 +63,9 @@ class MCLoss(TaskLoss):
     ) -> None:
         super().__init__()
         if channels_per_class < 1:
-            raise ValueError(f"MCLoss channels_per_class must be >= 1, got {channels_per_class}.")
+            raise LossConfigError(f"MCLoss channels_per_class must be >= 1, got {channels_per_class}.")
         if not 1 <= mask_keep <= channels_per_class:
-            raise ValueError(
+            raise LossConfigError(
                 f"MCLoss mask_keep must be in [1, channels_per_class={channels_per_class}], got {mask_keep}."
             )
         self.channels_per_class = int(channels_per_class)
