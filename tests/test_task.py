@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from torch import nn
 
 from datamodules.digits import DigitsDataModule
@@ -163,10 +163,51 @@ def test_fit_logs_namespaced_metrics(tmp_path):
     assert {"test/acc1", "test/f1", "test/loss"} <= set(trainer.callback_metrics)
 
 
-def test_ema_option_adds_lightning_ema_callback(tmp_path):
-    task = tiny_task(ema_decay=0.5)
-    trainer, _ = _fit(task, tmp_path)
-    assert any(isinstance(cb, EMAWeightAveraging) for cb in trainer.callbacks)
+class _WeightProbe(Callback):
+    """Records the raw weights after every optimizer step and the weights validation runs with."""
+
+    def __init__(self) -> None:
+        self.raw: list[dict[str, torch.Tensor]] = []
+        self.val: dict[str, torch.Tensor] | None = None
+        self.after_val: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def _weights(module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.raw.append(self._weights(pl_module))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.val is not None and self.after_val is None:
+            self.after_val = self._weights(pl_module)  # back on the raw weights after validation
+
+    def on_validation_batch_start(self, trainer, pl_module, *args) -> None:
+        if not trainer.sanity_checking and self.val is None:
+            self.val = self._weights(pl_module)
+
+
+def test_ema_weights_differ_from_raw_and_are_what_validation_uses(tmp_path):
+    decay = 0.5
+    task = tiny_task(ema_decay=decay, optimizer=sgd(0.5))
+    probe = _WeightProbe()
+    trainer, _ = _fit(
+        task, tmp_path, steps=4, val_check_interval=3, num_sanity_val_steps=0, callbacks=[probe]
+    )
+    assert sum(isinstance(cb, EMAWeightAveraging) for cb in trainer.callbacks) == 1
+    assert probe.val is not None and probe.after_val is not None and len(probe.raw) == 4
+    # EMA of the raw weights after steps 1..3 (the first update copies, then ema = d * ema + (1 - d) * w)
+    ema = dict(probe.raw[0])
+    for raw in probe.raw[1:3]:
+        ema = {n: decay * ema[n] + (1 - decay) * raw[n] for n in ema}
+    raw3 = probe.raw[2]
+    moved = [n for n in raw3 if not torch.allclose(ema[n], raw3[n], rtol=1e-3, atol=1e-6)]
+    assert moved, "EMA weights equal the raw weights: the test could not tell them apart"
+    for name in moved:  # validation ran with the EMA weights, not the raw ones
+        torch.testing.assert_close(probe.val[name], ema[name], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(probe.val[name], raw3[name], rtol=1e-3, atol=1e-6)
+    for name, value in raw3.items():  # and training went on from the raw weights
+        torch.testing.assert_close(probe.after_val[name], value, rtol=0, atol=0)
 
 
 def test_lr_is_scaled_from_the_reference_global_batch(tmp_path):
