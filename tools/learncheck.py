@@ -137,6 +137,16 @@ DURATIONS: dict[str, tuple[str, ...]] = {
     "WarmupCosineLR": ("warmup_epochs", "max_epochs"),
     "WarmupMultiStepLR": ("milestones", "warmup_epochs"),
 }
+#: callbacks of a run's bookkeeping, not of its training (checkpoints, resume, signals, logging, test
+#: analysis): left out of the check; every other callback of the row (NaN guard, EMA, ...) is kept
+NOT_TRAINING = (
+    "ModelCheckpoint",
+    "LearningRateMonitor",
+    "TestAnalysis",
+    "RNGStateCallback",
+    "SignalCheckpoint",
+    "PredictionWriter",
+)
 #: data arguments kept from the row (augmentation); sizes are rescaled, the rest is the check's own
 AUGMENTATION = (
     "train_crop",
@@ -641,13 +651,7 @@ def run_row(
     for key, default in _image_folder_defaults().items():
         if key in row_data and key not in data:
             data[key] = default
-    callbacks = [
-        cb
-        for cb in row.callbacks
-        if not _short(cb.get("class_path"), "").endswith(
-            ("ModelCheckpoint", "LearningRateMonitor", "TestAnalysis")
-        )
-    ]
+    callbacks = [cb for cb in row.callbacks if not _short(cb.get("class_path"), "").endswith(NOT_TRAINING)]
     extra = [
         "--data",
         json.dumps({"class_path": "datamodules.ImageFolderDataModule", "init_args": data}),
