@@ -476,10 +476,7 @@ _VARIANTS: dict[str, dict[str, Any]] = {
 }
 #: timm pretrained-config entries (no hub weights: the ResNet-101 trunk loads from a local file).
 default_cfgs = generate_default_cfgs(
-    {
-        name: _factory.cfg(pool_size=None, first_conv="trunk.conv1", classifier="head.fc")
-        for name in _VARIANTS
-    }
+    {name: _factory.cfg(pool_size=None, first_conv="trunk.conv1", classifier="head.fc") for name in _VARIANTS}
 )
 
 

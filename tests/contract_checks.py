@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 
-def assert_gradients(model: nn.Module, zero_by_construction: set[str], skip_prefix: str | None = None) -> None:
+def assert_gradients(
+    model: nn.Module, zero_by_construction: set[str], skip_prefix: str | None = None
+) -> None:
     """After ``backward()``: every parameter has a gradient; all but the named ones a non-zero one.
 
     ``zero_by_construction`` must name existing parameters, each with a gradient that is zero up to
