@@ -4,7 +4,8 @@ MACs are ``torch.utils.flop_counter.FlopCounterMode``'s FLOPs / 2 over one forwa
 gradients. FlopCounterMode counts convolutions, matmuls and attention (2 FLOPs per multiply-add), not
 element-wise ops, norms or pooling: the thop/ptflops convention the papers report (ResNet-50 at 224 px:
 4.09 G). ``scaled_dot_product_attention`` runs on its math backend while counting: FlopCounterMode has no
-formula for the fused CPU kernel and would count such attention as zero. Models on the ``meta`` device are counted without memory or initialisation time.
+formula for the fused CPU kernel and would count such attention as zero. Models on the ``meta`` device
+are counted without memory or initialisation time.
 """
 
 from __future__ import annotations
@@ -63,6 +64,6 @@ def count_macs(model: nn.Module | Callable[..., Any], inputs: Tensor | int | tup
 
 
 def macs_by_module(model: nn.Module, inputs: Tensor | int | tuple[int, int]) -> dict[str, int]:
-    """MACs per module path (``"<RootClass>.layer1"``, each with its submodules); ``"Global"`` is the total."""
+    """MACs per module path (``"<RootClass>.layer1"``, with its submodules); ``"Global"``: the total."""
     counts = _counted(model, inputs).get_flop_counts()
     return {name: int(sum(ops.values())) // 2 for name, ops in counts.items()}

@@ -159,8 +159,8 @@ def to_markdown(rows: Sequence[ProfileRow]) -> str:
                 f" {v:.3f} |" if v is not None else " - |" for v in (r.paper_params_m, r.paper_gmacs)
             )
         lines.append(
-            f"| {r.name} | {r.image_size} | {r.params_m:.3f} | {r.gmacs:.3f} |{figures} {r.batch_size} | {lat} "
-            f"| {r.device} | {r.dtype} |"
+            f"| {r.name} | {r.image_size} | {r.params_m:.3f} | {r.gmacs:.3f} |{figures} {r.batch_size} "
+            f"| {lat} | {r.device} | {r.dtype} |"
         )
     return "\n".join(lines)
 
