@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import re
 import shutil
@@ -339,7 +338,7 @@ def scenario(cluster: Cluster, runs: Path) -> None:
 
     # SLURM sends --signal=USR1@60 between 90 and 60 s before the limit (its timer ticks every 30 s): pick the
     # limit so that the signal lands half-way through training; the requeued attempt then finishes
-    limit_min = max(2, math.ceil((startup + 0.5 * train + 75) / 60))
+    limit_min = max(2, round((startup + 0.5 * train + 75) / 60))
     check(
         startup + train > limit_min * 60 - 60,
         f"training ({train:.0f} s) too short for a signal mid-run under a {limit_min}-minute limit: raise "
