@@ -49,7 +49,7 @@ def test_create_model_takes_every_timm_kwarg(name: str) -> None:
     params = list(model.parameters())
     assert params and all(p.device.type == "meta" and p.dtype == torch.bfloat16 for p in params)
     assert all(b.device.type == "meta" for b in model.buffers())
-    assert model.num_classes == 7 and model.get_classifier().out_features == 7
+    assert model.num_classes == 7 and _out_features(model) == {7}
 
     cfg = model.pretrained_cfg
     assert model.default_cfg is cfg and cfg["architecture"] == name
@@ -57,16 +57,33 @@ def test_create_model_takes_every_timm_kwarg(name: str) -> None:
     assert len(cfg["input_size"]) == 3 and len(cfg["std"]) == 3 and cfg["url"] == ""
     first = model.get_submodule(cfg["first_conv"])
     assert isinstance(first, nn.Conv2d) and first.in_channels == cfg["input_size"][0], cfg["first_conv"]
-    assert model.get_submodule(cfg["classifier"]) is model.get_classifier()
+    heads = _heads(model)
+    assert heads and all(isinstance(h, nn.Linear) for h in heads), cfg["classifier"]
+    assert {id(m) for m in _linears(model.get_classifier())} == {id(h) for h in heads}
 
     assert isinstance(model.num_features, int) and isinstance(model.head_hidden_size, int)
-    assert model.get_classifier().in_features == model.head_hidden_size
+    if len(heads) == 1:  # one classifier reads the pre-logits vector
+        assert heads[0].in_features == model.head_hidden_size
     model.set_grad_checkpointing(True)
     model.set_grad_checkpointing(False)
     model.reset_classifier(3)
-    assert model.num_classes == 3 and model.get_classifier().out_features == 3
+    assert model.num_classes == 3 and _out_features(model) == {3}
     model.reset_classifier(0)
-    assert model.num_classes == 0 and isinstance(model.get_classifier(), nn.Identity)
+    assert model.num_classes == 0 and not _linears(model.get_classifier())
+
+
+def _linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def _heads(model: nn.Module) -> list[nn.Module]:
+    """The classifier module(s) the pretrained cfg names (one name, or a tuple for two-head models)."""
+    names = model.pretrained_cfg["classifier"]
+    return [model.get_submodule(n) for n in ([names] if isinstance(names, str) else names)]
+
+
+def _out_features(model: nn.Module) -> set[int]:
+    return {m.out_features for m in _linears(model.get_classifier())}
 
 
 @pytest.mark.parametrize("name", OURS)
