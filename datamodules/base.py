@@ -437,9 +437,10 @@ class ClassificationDataModule(L.LightningDataModule):
             low-resolution datasets (CIFAR, Tiny ImageNet, Digits) whose images already have the input size.
         train_crop: training crop: ``random_resized`` (RandomResizedCrop with ``scale``), ``random``
             (resize to ``resize_size`` then RandomCrop with ``crop_padding``), ``center`` (resize then
-            CenterCrop, no random crop), ``resize`` (resize the whole image to ``image_size`` squared; the
-            evaluation pipeline then also resizes without cropping).
-        crop_padding: zero padding of each border before RandomCrop (CIFAR: 4).
+            CenterCrop, no random crop), ``resize`` (resize the whole image to ``image_size`` squared, then,
+            when ``crop_padding`` > 0, RandomCrop back to ``image_size`` from the zero-padded image; the
+            evaluation pipeline then also resizes the whole image, without cropping).
+        crop_padding: zero padding of each border before RandomCrop (CIFAR: 4), for ``random`` and ``resize``.
         scale: area range of RandomResizedCrop.
         hflip: probability of a horizontal flip.
         vflip: probability of a vertical flip.
@@ -574,6 +575,8 @@ class ClassificationDataModule(L.LightningDataModule):
             ops += [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(size)]
         else:
             ops.append(v2.Resize((size, size), antialias=True))
+            if self.crop_padding > 0:
+                ops.append(v2.RandomCrop(size, padding=self.crop_padding))
         if self.hflip > 0:
             ops.append(v2.RandomHorizontalFlip(self.hflip))
         if self.vflip > 0:

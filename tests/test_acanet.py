@@ -371,3 +371,64 @@ def test_mc_rows_use_the_reference_head(name: str, kwargs: dict) -> None:
             assert torch.equal(hidden.pool(feats).flatten(1), feats.amax(dim=(2, 3)))
     plain = timm.create_model("acanet18", num_classes=10).eval()
     assert not any(isinstance(m, MCHiddenLayer) for m in plain.modules())
+
+
+def _table_rows(pattern: str):
+    from tests.experiment_snapshot import EXPERIMENTS, make_parser
+
+    parser = make_parser()
+    from lightning_modules.config_compose import expand_config_args
+
+    for path in sorted((EXPERIMENTS / "acanet").glob(pattern)):
+        yield path, parser.parse_args(expand_config_args(["--config", str(path)]))
+
+
+def _row_backbone(cfg) -> torch.nn.Module:
+    args = cfg.model.init_args
+    return timm.create_model(args.backbone, num_classes=10, **(args.backbone_kwargs or {}))
+
+
+def test_resnet18_family_rows_share_one_initialisation() -> None:
+    """Tables 2-4: ResNet-18, ResNet-18-MC and ACANet rows all start with BN gamma 1 (no zero-init-last)."""
+    checked = 0
+    for path, cfg in _table_rows("*_cub_*.yaml"):
+        if not cfg.model.init_args.backbone.startswith(("resnet18", "acanet18")):
+            continue
+        model = _row_backbone(cfg)
+        last_bns = [m.bn2 for m in model.modules() if hasattr(m, "bn2") and hasattr(m, "conv2")]
+        assert last_bns, path
+        assert all(torch.equal(bn.weight, torch.ones_like(bn.weight)) for bn in last_bns), path.name
+        checked += 1
+    assert checked >= 10
+
+
+def test_minus_fcsa_accb_rows_differ_from_resnet18() -> None:
+    """Table 4 "Minus (FCSA+ACCB)" keeps the 2x2/2 patchify downsampling: it is not Table 2's ResNet-18."""
+    for path, cfg in _table_rows("acanet18_no_fcsa_accb_cub_*.yaml"):
+        model = _row_backbone(cfg)
+        assert model.maxpool[0].kernel_size == (2, 2) == model.maxpool[0].stride, path.name
+        assert model.layer2[0].downsample[0].kernel_size == (2, 2), path.name
+    plain = timm.create_model("acanet18_no_fcsa_accb", num_classes=10)
+    assert isinstance(plain.maxpool, torch.nn.MaxPool2d)
+    assert plain.layer2[0].downsample[0].kernel_size == (1, 1)
+
+
+def test_rows_resize_the_whole_image_to_224() -> None:
+    """The paper's input: the whole image resized to 224x224 (no crop at evaluation); training adds a random
+    crop of the 4-px padded 224x224 image and a flip."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    path, cfg = next(_table_rows("acanet18_cub_ce.yaml"))
+    data = cfg.data.init_args
+    module_name, cls_name = cfg.data.class_path.rsplit(".", 1)
+    cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
+    dm = cls(**{k: v for k, v in data.items() if k != "num_classes"})
+    img = Image.new("RGB", (400, 200), (10, 20, 30))
+    img.paste((200, 100, 50), (0, 0, 100, 200))  # a band at the left edge: kept only without a crop
+    expected = v2.Compose([v2.ToImage(), v2.Resize((224, 224), antialias=True), *dm._finish()])(img)
+    assert torch.equal(dm.build_eval_transform()(img), expected)
+    ops = [type(t).__name__ for t in dm.build_train_transform().transforms]
+    assert ops[:4] == ["ToImage", "Resize", "RandomCrop", "RandomHorizontalFlip"]
+    crop = dm.build_train_transform().transforms[2]
+    assert crop.padding == [4, 4, 4, 4] and dm.build_train_transform()(img).shape == (3, 224, 224)
