@@ -72,7 +72,10 @@ class ClassificationTask(LightningModule):
         backbone_kwargs: extra keyword arguments for ``timm.create_model`` (ablation switches, drop rates).
         pretrained: ``None``/``False`` for random init, ``True`` for timm's hub weights (needs internet), or
             the path of a local checkpoint loaded with ``weights_only=True`` (ResNet trunks of the paper
-            models are mapped; see :mod:`backbones.pretrained`).
+            models are mapped; see :mod:`backbones.pretrained`). The string ``"none"``: random init on
+            purpose (what ``pretrained_required`` asks for to train from scratch).
+        pretrained_required: the row's paper fine-tunes pre-trained weights (TokenFusion, CS-Net recipes):
+            refuse to start from a random trunk unless ``pretrained`` is a file, ``True`` or ``"none"``.
         loss: a plain loss on logits (``torch.nn.CrossEntropyLoss``) or a
             :class:`~lightning_modules.losses.base.TaskLoss` that also receives the backbone's feature map and
             embeddings. Default: cross-entropy with ``label_smoothing``.
@@ -102,6 +105,7 @@ class ClassificationTask(LightningModule):
         num_classes: int = 1000,
         backbone_kwargs: dict[str, Any] | None = None,
         pretrained: bool | str | None = None,
+        pretrained_required: bool = False,
         loss: nn.Module | None = None,
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -119,11 +123,18 @@ class ClassificationTask(LightningModule):
         super().__init__()
         if not 0 <= label_smoothing < 1:
             raise TaskConfigError(f"label_smoothing is a fraction in [0, 1), got {label_smoothing}")
+        if pretrained_required and pretrained in (None, False):
+            raise TaskConfigError(
+                "this recipe fine-tunes pre-trained weights (pretrained_required): set "
+                "model.init_args.pretrained to a local state dict file, true (timm hub, needs internet), or "
+                "none to train from a random trunk on purpose (also for test/predict with --ckpt_path, whose "
+                "weights replace the initialisation)"
+            )
         self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
         self.backbone = create_backbone(
             backbone, num_classes, pretrained=pretrained is True, **(backbone_kwargs or {})
         )
-        if isinstance(pretrained, str):
+        if isinstance(pretrained, str) and pretrained.lower() != "none":  # "none": random init, chosen
             report = load_pretrained(self.backbone, pretrained)
             log.warning(report.summary())
         self.loss = loss if loss is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -215,3 +215,18 @@ def test_lr_is_scaled_from_the_reference_global_batch(tmp_path):
     trainer, _ = _fit(task, tmp_path, steps=1, accumulate_grad_batches=2)
     # global batch 16 x 1 device x 2 accumulation = 32 -> half of the reference 64
     assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.2)
+
+
+def test_pretrained_required_refuses_a_random_trunk_unless_none_is_chosen():
+    """A recipe whose paper fine-tunes (pretrained_required) refuses null/false; "none" is random init."""
+    from lightning_modules.task import ClassificationTask, TaskConfigError
+
+    for missing in (None, False):
+        with pytest.raises(TaskConfigError, match="pretrained.*none"):
+            ClassificationTask("resnet18", num_classes=3, pretrained=missing, pretrained_required=True)
+    task = ClassificationTask(
+        "resnet18", num_classes=3, pretrained="none", pretrained_required=True, backbone_kwargs={}
+    )
+    assert task.hparams.pretrained == "none"  # kept, so load_from_checkpoint passes the check again
+    assert getattr(TaskConfigError, "user_error", False)
+    ClassificationTask("resnet18", num_classes=3)  # not required: null is random init as before

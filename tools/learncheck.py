@@ -658,7 +658,7 @@ def run_row(
         "--model.init_args.backbone_kwargs",
         json.dumps(kwargs),
         "--model.init_args.pretrained",
-        "null",
+        "none",  # random init chosen explicitly (recipes with pretrained_required refuse null)
         "--model.init_args.lr_scheduler_interval",
         "step",
         "--trainer.callbacks",
