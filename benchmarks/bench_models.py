@@ -11,7 +11,11 @@ Run ``python -m benchmarks.bench_models [--device cpu|cuda] [--quick] [--models 
    (18/34/50/101/152) whose forward FLOPs at the same input size are closest (log scale), timed in the same
    interleaved rounds; ratio = (img/s x GFLOPs of the model) / (img/s x GFLOPs of the ResNet), i.e. the
    img/s per GFLOP of work relative to a plain ResNet's. Below 0.7x is flagged (the model's extra FLOPs are
-   slower than convolutions: element-wise attention, FFTs, small matmuls, reshapes).
+   slower than convolutions: element-wise attention, FFTs, small matmuls, reshapes). Models with a fast
+   path that replaced a slower formulation (FFT fusion, FCSA, MSF-CA's attention 1x1 convs; see
+   :mod:`benchmarks.old_formulations`) are also timed, in the same rounds, with the old formulation
+   switched back on a copy of the model: its FLOP efficiency and the new/old training speed-up sit beside
+   the new figures.
    CPU: fp32, small input (64 px) and batch (2) and few rounds, so the table runs in about a minute or two;
    CUDA: the papers' sizes (224 px; CS-Net 448 px), bf16 autocast + channels_last, larger batches.
 2. **Fast defaults**, one by one on ResNet-50: channels_last, bf16 autocast, fused optimiser,
@@ -50,6 +54,7 @@ from benchmarks.harness import (
     train_step_flops,
     update_results,
 )
+from benchmarks.old_formulations import use_old_formulations
 from lightning_modules.complexity import count_macs, count_params
 
 BASELINES = ["resnet18", "resnet50"]
@@ -188,7 +193,7 @@ def models_table(
         try:
             model_runner = Runner(name, s)
         except Exception as err:  # noqa: BLE001 - report and go on with the other models
-            rows.append([name, f"error: {type(err).__name__}: {str(err)[:80]}"] + ["-"] * 11)
+            rows.append([name, f"error: {type(err).__name__}: {str(err)[:80]}"] + ["-"] * 13)
             continue
         params = count_params(model_runner.model) / 1e6
         fwd = _meta_fwd_flops(name, s.size)
@@ -201,7 +206,10 @@ def models_table(
         runners = {"model": model_runner}
         if not is_baseline:
             runners["ref"] = Runner(ref_name, s)
-        step_flops = {k: r.train_flops() for k, r in runners.items()}
+            old_model = copy.deepcopy(model_runner.model)
+            if use_old_formulations(old_model):  # same weights, former formulation of the fast-path layers
+                runners["old"] = Runner(name, s, model=old_model)
+        step_flops = {k: r.train_flops() for k, r in runners.items() if k != "old"}
         cases: dict[str, Callable[[], Any]] = {}
         for k, r in runners.items():
             cases[f"{k}-train"] = r.train_step
@@ -225,7 +233,12 @@ def models_table(
             step_flops["model"],
             peak,
         )
-        eff_train = eff_infer = None
+        eff_train = eff_infer = eff_old = speedup = None
+        if "old" in runners:  # the same FLOP count (same linear maps), timed with the former formulation
+            eff_old = (1 / ratio(timings["old-train"], timings["ref-train"])) * (
+                step_flops["model"] / step_flops["ref"]
+            )
+            speedup = 1 / ratio(timings["model-train"], timings["old-train"])
         if "ref" in runners:
             ref_fwd = flops_cache[(ref_name, s.size)]
             # img/s per GFLOP relative to the ResNet: (t_ref / t_model) x (flops_model / flops_ref)
@@ -255,10 +268,20 @@ def models_table(
                 ref_name if not is_baseline else "(baseline)",
                 (f"{eff_train:.2f}x{flag}" if eff_train is not None else "-"),
                 (f"{eff_infer:.2f}x" if eff_infer is not None else "-"),
+                (f"{eff_old:.2f}x" if eff_old is not None else "-"),
+                (f"{speedup:.2f}x" if speedup is not None else "-"),
             ]
         )
         records.append(
-            {"model": name, "ref": ref_name, "eff_train": eff_train, "eff_infer": eff_infer, **fig}
+            {
+                "model": name,
+                "ref": ref_name,
+                "eff_train": eff_train,
+                "eff_infer": eff_infer,
+                "eff_train_old": eff_old,
+                "speedup_vs_old": speedup,
+                **fig,
+            }
         )
         del runners, model_runner
         if cuda:
@@ -273,7 +296,9 @@ def models_table(
         "GMACs: forward, per image, FlopCounterMode / 2. Achieved GFLOP/s: training FLOPs (forward + backward, "
         f"FlopCounterMode) per second. Memory: {memo}. MFU: against the GPU's dense bf16 peak (GPU only). "
         "FLOP efficiency: the model's img/s x GFLOPs divided by that of its FLOP-matched ResNet measured in the "
-        "same rounds (1.0x = the model turns FLOPs into images as fast as a plain ResNet); < 0.7x flagged.\n\n"
+        "same rounds (1.0x = the model turns FLOPs into images as fast as a plain ResNet); < 0.7x flagged. "
+        "Old formulation: the same model with the layers that have a fast path switched back to the formulation "
+        "it replaced (benchmarks/old_formulations.py), same rounds; speed-up = old / new training step time.\n\n"
         + markdown_table(
             [
                 "model",
@@ -289,6 +314,8 @@ def models_table(
                 "FLOP-matched ResNet",
                 "FLOP eff. train",
                 "FLOP eff. infer",
+                "FLOP eff. train, old formulation",
+                "train speed-up vs old",
             ],
             rows,
         )
