@@ -3,9 +3,11 @@
 ``python -m tools.report --paper acanet --runs runs/`` reads
 
 * the published figures from ``tools/published/<paper>.csv`` (one row per table cell: ``table, row,
-  dataset, metric, value, experiment, baseline, note``; ``experiment`` names the experiment file stem(s)
-  that reproduce the cell, alternatives separated by ``|``, or ``model:<timm name>:<classes>:<size>`` for
-  complexity-only cells; ``baseline`` is the other run of a Wilcoxon cell);
+  dataset, metric, value, experiment, baseline, note[, flag]``; ``experiment`` names the experiment file
+  stem(s) that reproduce the cell, alternatives separated by ``|``, or ``model:<timm name>:<classes>:<size>``
+  for complexity-only cells; ``baseline`` is the other run of a Wilcoxon cell; ``flag`` marks a doubt about
+  the published figure itself, e.g. a paper typo (``value`` then holds the corrected figure and ``flag`` the
+  printed one and why) or a figure repeated from another table; the report marks such cells ``[flag]``);
 * every finished run under the ``--runs`` folders: CSV logger folders (``metrics.csv`` with
   ``config.yaml`` / ``hparams.yaml`` nearby), and W&B run folders (``wandb/offline-run-*/run-*.wandb``
   or online ``wandb/run-*/``, read directly, no W&B account needed).
