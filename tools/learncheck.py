@@ -27,7 +27,8 @@ clipping, accumulation, callbacks such as the NaN guard). What the check changes
   rule rescales the learning rate as it would on any machine (rows without ``lr_reference_batch_size``
   keep their lr as written);
 * **precision**: the row's on CUDA; ``32-true`` on CPU (bf16 autocast has no fast CPU path here);
-* **pre-training**: none (weights are not downloaded); the table says so where the row loads some.
+* **pre-training**: none (``pretrained: none``, nothing is downloaded); the notes say so where the row
+  loads weights or its paper fine-tunes them (``pretrained_required``).
 
 **Modes and verdicts.** *overfit* (every family): a fixed set of training images, each seen about ten
 times; ``learns`` when the training loss falls by at least half (``(first - last) / |first| >= 0.5``, means
@@ -631,7 +632,9 @@ def run_row(
     if precision != row.precision:
         notes.append(f"precision {row.precision}->{precision}")
     if row.pretrained not in (None, False, "none", "None", ""):
-        notes.append(f"pretrained {row.pretrained!r}->from scratch")
+        notes.append(f"pretrained {row.pretrained!r}->none (from scratch)")
+    elif init.get("pretrained_required"):
+        notes.append("paper fine-tunes pre-trained weights; here from scratch (pretrained: none)")
 
     row_data = row.data.get("init_args") or {}
     data = {k: row_data[k] for k in AUGMENTATION if k in row_data}
