@@ -233,7 +233,10 @@ class Cluster:
                 raise Failure(f"{name} exited with {proc.returncode}:\n{tail}")
 
     def run(self, cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        try:
+            result = subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:  # a busy slurmctld: callers that poll try again
+            result = subprocess.CompletedProcess(cmd, 124, "", "timed out after 120 s")
         if check and result.returncode != 0:
             raise Failure(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
@@ -261,7 +264,10 @@ class Cluster:
         while True:
             self.check_daemons()
             info = self.job_info(job)
-            state = info.get("JobState", "?")
+            if "JobState" not in info:  # scontrol timed out: poll again
+                check(time.time() < deadline, f"no answer from slurmctld about job {job} ({states})")
+                continue
+            state = info["JobState"]
             if not states or states[-1] != state:
                 states.append(state)
                 log(f"job {job}: {state} (restarts: {info.get('Restarts', '?')})")
@@ -411,8 +417,8 @@ def main() -> int:
         cluster.start()
         scenario(cluster, tmp / "runs")
         code = 0
-    except Failure as err:
-        print(f"test-slurm FAILED: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - Failure or anything else: report, clean up, exit 1
+        print(f"test-slurm FAILED: {type(err).__name__}: {err}", file=sys.stderr)
         for name in ("slurmctld.log", "slurmd.log"):
             path = tmp / "log" / name
             if path.exists():
