@@ -88,7 +88,7 @@ def test_layer_imports_with_the_layers_above_blocked(layer):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a loaded machine can take minutes to import torch + timm + lightning
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
