@@ -35,6 +35,17 @@ name                 channel spatial fusion    meaning
 ``csnet101``         yes     yes     conv      + learned fusion module: the full CS-Net
 ==================== ======= ======= ========= ==============================================
 
+Fusion controls (ours): the learned ``conv`` fusion with fewer attentions, so each attention's gain is
+measured on top of the fusion module as well as without it:
+
+============================ ======= ======= ====== ==============================================
+name                         channel spatial fusion meaning
+============================ ======= ======= ====== ==============================================
+``csnet101_fusion``          no      no      conv   conv fusion of stage 3 and 4, no attention
+``csnet101_channel_fusion``  yes     no      conv   + cross-layer channel attention
+``csnet101_spatial_fusion``  no      yes     conv   + cross-layer spatial attention
+============================ ======= ======= ====== ==============================================
+
 ``csnet50`` / ``csnet50_baseline`` are the full model and the baseline on ResNet-50.
 """
 
@@ -197,6 +208,9 @@ _ABLATIONS: dict[str, dict[str, Any]] = {
     "spatial": dict(channel_attn=False, spatial_attn=True, fusion="concat"),
     "both": dict(channel_attn=True, spatial_attn=True, fusion="concat"),
     "full": dict(channel_attn=True, spatial_attn=True, fusion="conv"),
+    "fusion": dict(channel_attn=False, spatial_attn=False, fusion="conv"),
+    "channel_fusion": dict(channel_attn=True, spatial_attn=False, fusion="conv"),
+    "spatial_fusion": dict(channel_attn=False, spatial_attn=True, fusion="conv"),
 }
 
 
@@ -238,6 +252,9 @@ default_cfgs = generate_default_cfgs(
             "csnet101_channel",
             "csnet101_spatial",
             "csnet101_both",
+            "csnet101_fusion",
+            "csnet101_channel_fusion",
+            "csnet101_spatial_fusion",
             "csnet50",
             "csnet50_baseline",
         ]
@@ -279,6 +296,24 @@ def csnet101_spatial(pretrained: bool = False, **kwargs: Any) -> CSNet:
 def csnet101_both(pretrained: bool = False, **kwargs: Any) -> CSNet:
     """Ablation: + channel and spatial cross-layer attention (parameter-free concat fusion)."""
     return _create_csnet("csnet101_both", "resnet101", "both", pretrained, **kwargs)
+
+
+@register_model
+def csnet101_fusion(pretrained: bool = False, **kwargs: Any) -> CSNet:
+    """Control: the learned conv fusion of stage-3 and stage-4 features, no attention."""
+    return _create_csnet("csnet101_fusion", "resnet101", "fusion", pretrained, **kwargs)
+
+
+@register_model
+def csnet101_channel_fusion(pretrained: bool = False, **kwargs: Any) -> CSNet:
+    """Control: cross-layer channel attention + the learned conv fusion (no spatial attention)."""
+    return _create_csnet("csnet101_channel_fusion", "resnet101", "channel_fusion", pretrained, **kwargs)
+
+
+@register_model
+def csnet101_spatial_fusion(pretrained: bool = False, **kwargs: Any) -> CSNet:
+    """Control: cross-layer spatial attention + the learned conv fusion (no channel attention)."""
+    return _create_csnet("csnet101_spatial_fusion", "resnet101", "spatial_fusion", pretrained, **kwargs)
 
 
 @register_model

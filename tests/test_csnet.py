@@ -31,8 +31,11 @@ EXPECTED_MODELS = [
     "csnet101_baseline",
     "csnet101_both",
     "csnet101_channel",
+    "csnet101_channel_fusion",
+    "csnet101_fusion",
     "csnet101_low",
     "csnet101_spatial",
+    "csnet101_spatial_fusion",
     "csnet50",
     "csnet50_baseline",
 ]
@@ -388,3 +391,21 @@ def test_every_ablation_row_has_a_file_per_dataset() -> None:
     for dataset in ("cub", "cars", "aircraft"):
         for row in ("", "_baseline", "_low", "_channel", "_spatial", "_both"):
             assert f"csnet101{row}_{dataset}" in names
+
+
+@pytest.mark.parametrize(
+    "name,channel,spatial",
+    [
+        ("csnet101_fusion", False, False),
+        ("csnet101_channel_fusion", True, False),
+        ("csnet101_spatial_fusion", False, True),
+    ],
+)
+def test_fusion_control_variants(name: str, channel: bool, spatial: bool) -> None:
+    """The fusion controls: the full model's learned conv fusion with the named attentions only."""
+    model = timm.create_model(name, num_classes=5, trunk="resnet18", fusion_dim=8)
+    full = timm.create_model("csnet101", num_classes=5, trunk="resnet18", fusion_dim=8)
+    assert (model.cs.channel is not None, model.cs.spatial is not None) == (channel, spatial)
+    assert model.cs.fusion.mode == full.cs.fusion.mode == "conv"
+    assert [p.shape for p in model.cs.fusion.parameters()] == [p.shape for p in full.cs.fusion.parameters()]
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
