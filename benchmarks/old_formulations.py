@@ -44,7 +44,7 @@ def _unpad_reflect_grad(grad_pad: Tensor | None, x_pad: Tensor, pad: int) -> Ten
 
 
 class _WindowDot(torch.autograd.Function):
-    """``out[:, o] = sum_c q[:, c] * k_pad[:, c, window o]`` for every offset ``o`` (k reflect-padded here)."""
+    """``out[:, o] = sum_c q[:, c] * k_pad[:, c, window o]`` for every offset ``o`` (k padded here)."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, window: int) -> Tensor:  # type: ignore[override]

@@ -18,8 +18,8 @@ Choices the paper leaves open, and what we do:
   ``K*K``-fold unfold): on an 8x8 grid the conv's kernel is as large as its input, and the conv path spent
   most of its time reordering the 8x8 weight (and its gradient) into the convolution library's layout. Tests
   check the equality against ``F.unfold`` + ``Linear`` and the conv. The stride is the ratio of the two
-  grids and the zero padding keeps one output per coarser token. ``K`` is not given; ``K = 8`` (64 flattened tokens) is
-  the only kernel that brings all three variants of Table II within 10% of their parameter counts
+  grids and the zero padding keeps one output per coarser token. ``K`` is not given; ``K = 8``
+  (64 flattened tokens) is the only kernel that brings all three variants of Table II within 10% of their parameter counts
   (``K = 7`` gives 224 M for Base, ``K = 9`` 325 M, against 266 M); see :mod:`backbones.fft`.
 * **Which layer's Inner tokens** Eq. 9 fuses: it writes ``X_{l-1}`` (the Inner input of layer l). Read
   literally, the Inner and Middle layers of the last block would feed nothing and never train. We follow
@@ -230,7 +230,7 @@ class StreamFusion(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, src: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
-        """Project ``src`` tokens ``(B, h*w, c)`` on grid ``src_grid`` to ``(B, h'*w', c')`` on ``dst_grid``."""
+        """Project ``src`` tokens ``(B, h*w, c)`` on ``src_grid`` to ``(B, h'*w', c')`` on ``dst_grid``."""
         b, n, c = src.shape
         (h, w), (h2, w2) = src_grid, dst_grid
         x = self.norm(src).transpose(1, 2).reshape(b, c, h, w)
@@ -245,7 +245,7 @@ class StreamFusion(nn.Module):
         return _BlockLinear.apply(x, weight, bias, (sh, sw), (h2, w2))
 
     def forward_conv(self, src: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
-        """The same map as a ``K x K`` convolution (the former formulation; reference for tests/benchmarks)."""
+        """The same map as a ``K x K`` convolution (the former formulation; a reference)."""
         b, n, c = src.shape
         (h, w), (h2, w2) = src_grid, dst_grid
         x = self.norm(src).transpose(1, 2).reshape(b, c, h, w)
