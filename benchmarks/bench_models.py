@@ -294,8 +294,8 @@ def models_table(
     body = (
         f"{mode}; {NUM_CLASSES} classes; SGD momentum; {reps} interleaved rounds after 1 warm-up, median. "
         "GMACs: forward, per image, FlopCounterMode / 2. Achieved GFLOP/s: training FLOPs "
-        f"(forward + backward, FlopCounterMode) per second. Memory: {memo}. MFU: against the GPU's dense bf16 "
-        "peak (GPU only). FLOP efficiency: the model's img/s x GFLOPs divided by that of its FLOP-matched "
+        f"(forward + backward, FlopCounterMode) per second. Memory: {memo}. MFU: against the GPU's dense "
+        "bf16 peak (GPU only). FLOP efficiency: the model's img/s x GFLOPs divided by that of its FLOP-matched "
         "ResNet measured in the same rounds (1.0x = the model turns FLOPs into images as fast as a plain "
         "ResNet); < 0.7x flagged. Old formulation: the same model with the layers that have a fast path "
         "switched back to the formulation it replaced (benchmarks/old_formulations.py), same rounds; "

@@ -19,8 +19,8 @@ Choices the paper leaves open, and what we do:
   most of its time reordering the 8x8 weight (and its gradient) into the convolution library's layout. Tests
   check the equality against ``F.unfold`` + ``Linear`` and the conv. The stride is the ratio of the two
   grids and the zero padding keeps one output per coarser token. ``K`` is not given; ``K = 8``
-  (64 flattened tokens) is the only kernel that brings all three variants of Table II within 10% of their parameter counts
-  (``K = 7`` gives 224 M for Base, ``K = 9`` 325 M, against 266 M); see :mod:`backbones.fft`.
+  (64 flattened tokens) is the only kernel that brings all three variants of Table II within 10% of their
+  parameter counts (``K = 7`` gives 224 M for Base, ``K = 9`` 325 M, against 266 M); see :mod:`backbones.fft`.
 * **Which layer's Inner tokens** Eq. 9 fuses: it writes ``X_{l-1}`` (the Inner input of layer l). Read
   literally, the Inner and Middle layers of the last block would feed nothing and never train. We follow
   TNT, which Eq. 9 copies: the finer stream's *output* of the same block is fused.
