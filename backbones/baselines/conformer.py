@@ -206,7 +206,6 @@ class Conformer(nn.Module):
         self.conv_trans = nn.ModuleList(stages)
         self.trans_norm = _LN(embed_dim)
         self.pooling = nn.AdaptiveAvgPool2d(1)
-        self.feature_info = [{"num_chs": self.num_features, "reduction": 32, "module": "conv_trans.10"}]
         self.conv_cls_head: nn.Module = nn.Identity()
         self.trans_cls_head: nn.Module = nn.Identity()
         self.reset_classifier(num_classes)
@@ -266,7 +265,11 @@ _NO_WEIGHTS = (
 )
 
 default_cfgs = generate_default_cfgs(
-    {"conformer_base_patch16": cfg(first_conv="conv1", classifier="conv_cls_head", interpolation="bicubic")}
+    {
+        "conformer_base_patch16": cfg(
+            first_conv="conv1", classifier=("conv_cls_head", "trans_cls_head"), interpolation="bicubic"
+        )
+    }
 )
 
 
@@ -278,5 +281,6 @@ def conformer_base_patch16(pretrained: bool = False, **kwargs: Any) -> Conformer
         "conformer_base_patch16",
         pretrained,
         no_weights=_NO_WEIGHTS.format("conformer_base_patch16"),
+        features="its CNN and transformer branches are coupled at every stage; there is no single pyramid",
         **kwargs,
     )
