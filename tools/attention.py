@@ -162,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(prog="python -m tools.attention", description=__doc__.split("\n\n")[0])
     add_model_args(parser)
     parser.add_argument("-n", "--num-images", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random images (across classes)")
     parser.add_argument("--image-size", type=int, default=None, help="default: the YAML's, else 224")
     parser.add_argument("--query", default="cls", help="'cls' or a row-major patch index on the Outer grid")
     parser.add_argument(
