@@ -445,8 +445,8 @@ def smallest_size(
     """The smallest of :data:`SIZES` the model takes, the backbone kwargs that build it for that size, and
     the backbone's parameter count.
 
-    Tried on the meta device (no memory, no compute): the kwargs as written, then with ``img_size`` set
-    for models that fix their input size at construction.
+    Tried on the meta device (no memory, no compute), on the CPU where an op has no meta kernel: the
+    kwargs as written, then with ``img_size`` set for models that fix their input size at construction.
     """
     import torch
 
@@ -460,16 +460,17 @@ def smallest_size(
         else:
             variants += [dict(row.backbone_kwargs), {**row.backbone_kwargs, "img_size": size}]
         for kwargs in variants:
-            try:
-                with _quiet(), torch.device("meta"):
-                    net = create_backbone(row.backbone, num_classes, **kwargs)
-                    net.eval()
-                    net.forward_features(
-                        torch.zeros(2, 3, size, size)
-                    )  # (the head may autocast: not on meta)
-                return size, kwargs, sum(p.numel() for p in net.parameters())
-            except Exception as err:  # noqa: BLE001 - any failure means "not this size"
-                errors.append(f"{size}px: {type(err).__name__}: {str(err)[:120]}")
+            for device in ("meta", "cpu"):  # cpu only where an op has no meta kernel (autocast regions)
+                try:
+                    with _quiet(), torch.device(device), torch.no_grad():
+                        net = create_backbone(row.backbone, num_classes, **kwargs)
+                        net.eval()
+                        net.forward_features(torch.zeros(2, 3, size, size))
+                    return size, kwargs, sum(p.numel() for p in net.parameters())
+                except Exception as err:  # noqa: BLE001 - any failure means "not this size"
+                    errors.append(f"{size}px ({device}): {type(err).__name__}: {str(err)[:120]}")
+                    if "device type" not in str(err) and "meta" not in str(err):
+                        break
     raise ToolError(f"{row.backbone} accepts none of {tuple(sizes)} px: " + "; ".join(errors[-2:]))
 
 
@@ -817,18 +818,20 @@ def _probe_params(probe: Any) -> float:
 
 def render(args, files, groups) -> int:
     """``--render``: the table of earlier runs' JSON files, in family order, written like a run's."""
-    results, seen = [], set()
+    by_family: dict[str, Result] = {}
     for path in args.render:
         for item in json.loads(path.read_text()):
-            if item["family"] not in seen:  # a family both halves ran: the first one counts
-                seen.add(item["family"])
-                res = Result(**item)
-                if res.losses:  # the verdict by this version's rules, from the recorded losses
-                    res.verdict = verdict(res.losses, res.train_acc, res.val_acc, res.chance, args.mode)
-                    rose = "loss rose"
-                    if res.loss_last > res.loss_first and rose not in res.notes:
-                        res.notes = "; ".join(n for n in (res.notes, rose) if n)
-                results.append(res)
+            res = Result(**item)
+            if res.losses:  # the verdict by this version's rules, from the recorded losses
+                res.verdict = verdict(res.losses, res.train_acc, res.val_acc, res.chance, args.mode)
+                rose = "loss rose"
+                if res.loss_last > res.loss_first and rose not in res.notes:
+                    res.notes = "; ".join(n for n in (res.notes, rose) if n)
+            old = by_family.get(res.family)
+            # a family run twice (e.g. rerun after an error): the run that got through counts, else the first
+            if old is None or (old.verdict == "error" and res.verdict != "error"):
+                by_family[res.family] = res
+    results = list(by_family.values())
     order = {fam: i for i, fam in enumerate(groups)}
     results.sort(
         key=lambda r: (r.params_m if math.isfinite(r.params_m) else math.inf, order.get(r.family, 0))
