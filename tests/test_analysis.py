@@ -578,7 +578,9 @@ def test_report_wilcoxon_cells_from_predictions(tmp_path):
     metrics = [{"epoch": 0, "test/acc1": 0.9, "test/acc2": 0.95}]
     _finished_run(runs / "msfca50_baseline_ceramic", _config("resnet50"), metrics, base_logits, labels)
     _finished_run(runs / "msfca50_pa_ceramic", _config("resnet50"), metrics, pa_logits, labels)
-    cells = report.build_cells("msfca", report.find_runs([runs]), tmp_path)
+    experiments = tmp_path / "experiments"  # no experiment files: runs match by their folder names
+    experiments.mkdir()
+    cells = report.build_cells("msfca", report.find_runs([runs]), experiments)
     cell = {(c.table, c.row, c.metric): c for c in cells}
     expected = wilcoxon.compare_runs(str(runs / "msfca50_baseline_ceramic"), str(runs / "msfca50_pa_ceramic"))
     assert cell[("III", "Baseline vs. +PA", "auc_r_plus")].ours == f"{expected['auc'].r_plus:.4g}"
