@@ -11,7 +11,8 @@ Registered models (``timm.create_model(name, num_classes=...)``):
 ==========================  =====================================================================
 ``acanet18``                ACANet-18: ACCB + FCSA blocks, patchify downsampling (Tables 2-4)
 ``acanet18_no_accb``        Table 4 "Minus ACCB": ACCB -> plain 3x3 conv + BN
-``acanet18_no_fcsa_accb``   both -> plain 3x3 convs, ResNet downsampling; Table 4 "Minus (FCSA+ACCB)" + patchify
+``acanet18_no_fcsa_accb``   both -> plain 3x3 convs, ResNet downsampling; Table 4 "Minus (FCSA+ACCB)"
+                            + patchify
 ``resnet18_mc``             ResNet-18 (same class, plain config) with the MC-Loss last stage
 ==========================  =====================================================================
 
@@ -362,7 +363,8 @@ class MCHiddenLayer(nn.Module):
 
 
 def _divisor_at_most(channels: int, heads: int) -> int:
-    """Largest head count <= ``heads`` dividing ``channels`` (e.g. 3 for the 306-plane MC stage of Flowers)."""
+    """Largest head count <= ``heads`` dividing ``channels`` (e.g. 3 for the 306-plane MC stage of
+    Flowers)."""
     return next(h for h in range(min(heads, channels), 0, -1) if channels % h == 0)
 
 
@@ -379,7 +381,10 @@ def _create_acanet(variant: str, pretrained: bool = False, defaults: dict[str, A
 
 #: timm pretrained-config entries (no hub weights).
 default_cfgs = generate_default_cfgs(
-    {name: _factory.cfg() for name in ("acanet18", "acanet18_no_accb", "acanet18_no_fcsa_accb", "resnet18_mc")}
+    {
+        name: _factory.cfg()
+        for name in ("acanet18", "acanet18_no_accb", "acanet18_no_fcsa_accb", "resnet18_mc")
+    }
 )
 
 

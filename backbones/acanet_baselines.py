@@ -40,7 +40,8 @@ def _no_weights(variant: str) -> str:
 
 
 class GoogLeNet(torchvision.models.GoogLeNet):
-    """torchvision GoogLeNet (no aux heads) with ``forward_features`` / ``forward_head`` / ``reset_classifier``.
+    """torchvision GoogLeNet (no aux heads) with ``forward_features`` / ``forward_head`` /
+    ``reset_classifier``.
 
     Args:
         num_classes: classifier outputs (0: identity classifier).
@@ -95,7 +96,8 @@ class GoogLeNet(torchvision.models.GoogLeNet):
 
 
 class VGGMC(nn.Module):
-    """VGG-16 conv trunk (timm's ``vgg16`` layers) up to the map MC-Loss reads, with the MC-Loss reference head.
+    """VGG-16 conv trunk (timm's ``vgg16`` layers) up to the map MC-Loss reads, with the MC-Loss
+    reference head.
 
     Args:
         cfg: timm VGG layer config whose last conv is ``mc_channels_per_class * num_classes`` wide.

@@ -344,7 +344,8 @@ def _create(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: di
         variant,
         pretrained,
         no_weights="FFT models have no hub weights (no public code or checkpoints for the paper). Use "
-        "`pretrained: /path/to/resnet18.pth` in the task to load a local ResNet-18 state dict into the trunk.",
+        "`pretrained: /path/to/resnet18.pth` in the task to load a local ResNet-18 state dict "
+        "into the trunk.",
         features="FFT fuses the three last ResNet-18 maps into one token sequence; there is no per-stage "
         "pyramid of its own (use forward_features for the (B, 1 + N, D) tokens).",
         **{**defaults, **kwargs},

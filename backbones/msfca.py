@@ -3,7 +3,8 @@
 Paper: Zhihuang Zhuang, Xing Xu, Xuwen Xia, Yuanxiang Li, Yinglong Zhang, "Ceramic Microscope Image
 Classification Based on Multi-Scale Fusion Bottleneck Structure and Chunking Attention Mechanism".
 
-One class, :class:`MSFCAResNet` (a subclass of timm's ``ResNet``, so stem/stage/head names, ``forward_features``,
+One class, :class:`MSFCAResNet` (a subclass of timm's ``ResNet``, so stem/stage/head names,
+``forward_features``,
 ``forward_head``, ``reset_classifier`` and ``feature_info`` are timm's), with the paper's ablations as
 constructor arguments:
 
@@ -255,12 +256,14 @@ class MSFCAResNet(ResNet):
 
     Args:
         layers: blocks per stage (paper: 3, 4, 6, 3).
-        channels: bottleneck planes per stage (paper: 64, 128, 256, 512; smaller values make tiny test models).
+        channels: bottleneck planes per stage (paper: 64, 128, 256, 512; smaller values make tiny
+            test models).
         bottleneck: ``"standard"`` ResNet bottleneck or ``"msf"`` multi-scale fusion bottleneck.
         attention: chunking attention embedded in the selected stages (``"none"`` for the bare trunk).
         version: embedding version of Table VII (A: all stages, B: 1 and 4, C: 2-4, D: 4).
         attn_stages: explicit 1-based stage list; overrides ``version``.
-        attn_position: ``"block"`` (after the last BN, before the residual sum) or ``"post"`` (after the block).
+        attn_position: ``"block"`` (after the last BN, before the residual sum) or ``"post"``
+            (after the block).
         num_classes: classifier outputs.
         in_chans: input channels.
         stem_type: ``"auto"`` (deep stem for MSF, 7x7 for standard; see module docstring, item 6),
@@ -373,7 +376,8 @@ class MSFCAResNet(ResNet):
                 blk.chunk_attn_position = attn_position
 
     def pretrained_key_map(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Map a plain ResNet state dict onto this model (hook of :func:`backbones.pretrained.load_pretrained`).
+        """Map a plain ResNet state dict onto this model (hook of
+        :func:`backbones.pretrained.load_pretrained`).
 
         Trunk names are timm's (``conv1``, ``bn1``, ``layerN.M.conv1`` ..., MSF blocks use timm
         ``Bottle2neck`` names), so ResNet-50 weights load as they are into the standard-bottleneck variants
@@ -427,7 +431,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MSFCAResNe
         MSFCAResNet,
         variant,
         pretrained,
-        no_weights=f"{variant}: no hub weights exist for this paper model. Set `pretrained: <path>` in the task "
+        no_weights=f"{variant}: no hub weights exist for this paper model. "
+        "Set `pretrained: <path>` in the task "
         "(a local ResNet-50 state dict for the standard-bottleneck variants, Res2Net-50d for the MSF "
         "ones); it is loaded with backbones.load_pretrained.",
         **{**_VARIANTS[variant], **kwargs},

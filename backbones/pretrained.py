@@ -128,9 +128,10 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     wrong_shape = [k for k in report.shape_mismatch if k.split(" ")[0] not in head]
     if wrong_shape and len(wrong_shape) > 0.25 * (len(wrong_shape) + len(usable)):
         raise PretrainedLoadError(
-            f"'{path}' does not fit {type(model).__name__}: {len(wrong_shape)} tensors outside the classifier have "
-            f"other shapes ({', '.join(wrong_shape[:3])}, ...). These are weights of another architecture or depth "
-            "(e.g. resnet18 weights for a resnet50 trunk); use the trunk's own weights."
+            f"'{path}' does not fit {type(model).__name__}: {len(wrong_shape)} tensors outside the "
+            f"classifier have other shapes ({', '.join(wrong_shape[:3])}, ...). These are weights of "
+            "another architecture or depth (e.g. resnet18 weights for a resnet50 trunk); use the trunk's "
+            "own weights."
         )
     if wrong_shape:  # a few modified layers (e.g. MSF-CA's wider conv3) keep their initialisation
         log.warning(f"pretrained '{path}': {len(wrong_shape)} tensors skipped for shape: {wrong_shape[:4]}")
@@ -141,8 +142,9 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     trunk_missing = [k for k in report.missing if prefix and k.startswith(prefix) and k not in head]
     if trunk_missing:
         log.warning(
-            f"pretrained '{path}': {len(trunk_missing)} trunk tensors of {type(model).__name__} are NOT in the file "
-            f"and stay randomly initialised (e.g. {trunk_missing[:3]}): is this a shallower network's checkpoint?"
+            f"pretrained '{path}': {len(trunk_missing)} trunk tensors of {type(model).__name__} are NOT in "
+            f"the file and stay randomly initialised (e.g. {trunk_missing[:3]}): is this a shallower "
+            "network's checkpoint?"
         )
     log.info(report.summary())
     return report

@@ -134,8 +134,10 @@ def main() -> None:
             )
 
     header = (
-        f"\n### Input pipeline, images/s per core ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f})\n\n"
+        f"\n### Input pipeline, images/s per core ({datetime.date.today()}, "
+        f"{platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {os.cpu_count()} logical CPUs, "
+        f"load average {os.getloadavg()[0]:.1f})\n\n"
     )
     table = "| pipeline | img/s per core |\n| --- | ---: |\n" + "".join(
         f"| {name} | {value:,.0f} |\n" for name, value in rows

@@ -107,7 +107,8 @@ class _PlainModule(L.LightningModule):
 def bare_loop(
     net: nn.Module, batches: list[tuple[Tensor, Tensor]], lr: float, skip: int, device: torch.device
 ) -> float:
-    """Seconds of steps ``skip..`` of a plain PyTorch loop over ``batches`` (fresh optimiser, like a new fit)."""
+    """Seconds of steps ``skip..`` of a plain PyTorch loop over ``batches`` (fresh optimiser, like a new
+    fit)."""
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     t0 = 0.0
@@ -281,9 +282,9 @@ def run(
         "bare PyTorch loop": lambda: bare_loop(net, batches, lr, skip, device),
         "Lightning, logger/ckpt/progress off": lightning_case(plain, False, "lightning"),
         "ClassificationTask, logger/ckpt/progress off": lightning_case(task, False, "task"),
-        "ClassificationTask + base.yaml defaults (W&B offline, ckpt, LR monitor, progress bar)": lightning_case(
-            task, True, "task-defaults"
-        ),
+        (
+            "ClassificationTask + base.yaml defaults (W&B offline, ckpt, LR monitor, progress bar)"
+        ): lightning_case(task, True, "task-defaults"),
     }
     import logging
 
@@ -325,7 +326,8 @@ def run(
     bare_ms = figures["bare PyTorch loop"]["ms_per_step"]
     projected = 1 + tiny["overhead_ms"] / bare_ms
     body = (
-        f"ResNet-18 (timm, 10 classes), 32x32 input, batch {batch_size}, SGD momentum, {timed_steps} timed steps "
+        f"ResNet-18 (timm, 10 classes), 32x32 input, batch {batch_size}, SGD momentum, "
+        f"{timed_steps} timed steps "
         f"per run after {skip} untimed, {rounds} interleaved rounds, median; same module object and the same "
         f"in-memory batches on `{device.type}` for every loop.\n\n"
         + markdown_table(
@@ -340,13 +342,17 @@ def run(
             ],
             rows,
         )
-        + f"\n\nDirect measurement: Lightning / bare = **{target:.3f}x** on this run ('spread' is (max - min) / median "
+        + f"\n\nDirect measurement: Lightning / bare = **{target:.3f}x** on this run "
+        "('spread' is (max - min) / median "
         "of the rounds: on a shared machine a difference below the spread is noise).\n\n"
-        f"Lightning's own time per step, measured where it is visible (a 3072-64-10 MLP, batch 32, whose step costs "
+        f"Lightning's own time per step, measured where it is visible "
+        f"(a 3072-64-10 MLP, batch 32, whose step costs "
         f"{tiny['bare_ms']:.2f} ms bare; {tiny['steps']} timed steps, {tiny['rounds']} interleaved rounds): "
         f"{tiny['lightning_ms']:.2f} ms/step in Lightning -> **{tiny['overhead_ms']:+.2f} ms per step** "
-        f"(spread {tiny['spread'] * 100:.0f}%). On the ResNet-18 step above ({bare_ms:.0f} ms) that is a ratio of "
-        f"**{projected:.4f}x** (target <= 1.03x: {'met' if projected <= 1.03 else 'NOT met'}); the 1.03x target "
+        f"(spread {tiny['spread'] * 100:.0f}%). "
+        f"On the ResNet-18 step above ({bare_ms:.0f} ms) that is a ratio of "
+        f"**{projected:.4f}x** (target <= 1.03x: {'met' if projected <= 1.03 else 'NOT met'}); "
+        "the 1.03x target "
         f"holds for any step longer than {tiny['overhead_ms'] / 0.03:.1f} ms."
     )
     return body, figures

@@ -5,7 +5,8 @@ Run ``python -m benchmarks.bench_models [--device cpu|cuda] [--quick] [--models 
 1. **Models**: the ResNet-18/50 baselines and every paper model (``acanet18``, ``msfca50``, ``fft_tiny``,
    ``fft_base``, ``csnet101``, ``tokenfusion_layer``). Per model: parameters, forward GMACs per image
    (``FlopCounterMode`` FLOPs / 2, at the benchmark's input size), training img/s (forward + backward + SGD
-   step, cross-entropy), inference img/s (eval, ``inference_mode``), peak memory of a training step, MFU on GPU
+   step, cross-entropy), inference img/s (eval, ``inference_mode``), peak memory of a training step,
+   MFU on GPU
    (training FLOPs per step from ``FlopCounterMode`` over one forward + backward, divided by step time and the
    GPU's dense bf16 peak), and the model's *FLOP efficiency* against its FLOP-matched ResNet: the timm ResNet
    (18/34/50/101/152) whose forward FLOPs at the same input size are closest (log scale), timed in the same
@@ -296,7 +297,8 @@ def models_table(
         "GMACs: forward, per image, FlopCounterMode / 2. Achieved GFLOP/s: training FLOPs "
         f"(forward + backward, FlopCounterMode) per second. Memory: {memo}. MFU: against the GPU's dense "
         "bf16 peak (GPU only). FLOP efficiency: the model's img/s x GFLOPs divided by that of its "
-        "FLOP-matched ResNet measured in the same rounds (1.0x = the model turns FLOPs into images as fast as a plain "
+        "FLOP-matched ResNet measured in the same rounds "
+        "(1.0x = the model turns FLOPs into images as fast as a plain "
         "ResNet); < 0.7x flagged. Old formulation: the same model with the layers that have a fast path "
         "switched back to the formulation it replaced (benchmarks/old_formulations.py), same rounds; "
         "speed-up = old / new training step time.\n\n"
@@ -401,7 +403,8 @@ def fast_defaults_table(
         rows.append([name, fmt(batch / t.median), f"{sp:.2f}x", f"{t.spread * 100:.0f}%"])
         figures[name] = batch / t.median
     body = (
-        f"ResNet-50 training step (forward + backward + SGD), {size}px, batch {batch}, {reps} interleaved rounds, "
+        f"ResNet-50 training step (forward + backward + SGD), {size}px, batch {batch}, "
+        f"{reps} interleaved rounds, "
         "median; speed-up = median of per-round time ratios to the plain step.\n\n"
         + markdown_table(["setting", "train img/s", "speed-up vs plain", "spread"], rows)
         + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "")
@@ -440,7 +443,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "models" in tables:
         body, records = models_table(device, args.quick, names, args.reps, args.size, args.batch)
         if args.quick and device.type == "cpu" and not args.models:
-            body += "\n\n(--quick on CPU: fft_base, csnet101 and tokenfusion_layer left out; run without --quick.)"
+            body += (
+                "\n\n(--quick on CPU: fft_base, csnet101 and tokenfusion_layer left out; "
+                "run without --quick.)"
+            )
         print(f"\n## Models ({device.type})\n\n{body}\n")
         out["models"] = records
         if not args.no_write:

@@ -269,7 +269,8 @@ def stratified_split(
         counts = np.bincount(labels_arr)
         raise DataConfigError(
             f"{dataset}: cannot make a stratified split {list(ratios)} of {len(labels)} images in "
-            f"{int((counts > 0).sum())} classes (smallest class has {int(counts[counts > 0].min())} images): {err}"
+            f"{int((counts > 0).sum())} classes "
+            f"(smallest class has {int(counts[counts > 0].min())} images): {err}"
         ) from None
     return [sorted(int(i) for i in part) for part in parts]
 
@@ -520,7 +521,8 @@ class ClassificationDataModule(L.LightningDataModule):
             raise DataConfigError(f"val_fraction is a fraction in (0, 1), got {val_fraction}")
         if download and self.torchvision_download is None:
             raise DataConfigError(
-                f"{self.dataset_name}: download: true is not supported (torchvision cannot fetch this dataset); "
+                f"{self.dataset_name}: download: true is not supported "
+                "(torchvision cannot fetch this dataset); "
                 f"get it from {self.homepage} and set root"
             )
         self.root = os.path.expanduser(str(root))
@@ -561,7 +563,8 @@ class ClassificationDataModule(L.LightningDataModule):
         return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(self.mean), std=list(self.std))]
 
     def build_train_transform(self) -> v2.Compose:
-        """The training pipeline built from the augmentation arguments (input: PIL, ndarray HWC or CHW tensor)."""
+        """The training pipeline built from the augmentation arguments (input: PIL, ndarray HWC or
+        CHW tensor)."""
         size = self.image_size
         ops: list[Any] = [v2.ToImage()]
         if self.train_crop == "random_resized":
@@ -644,7 +647,8 @@ class ClassificationDataModule(L.LightningDataModule):
         return DatasetLayoutError(self.dataset_name, missing, self.expected_layout, self.homepage, detail)
 
     def locate(self, subdir: str, marker: str) -> str:
-        """The dataset folder: ``root`` if it holds ``marker``, else ``root/subdir`` if that does, else ``root``.
+        """The dataset folder: ``root`` if it holds ``marker``, else ``root/subdir`` if that does,
+        else ``root``.
 
         Lets ``root`` name either the dataset folder itself (``data/CUB_200_2011``) or its parent
         (``data``, the torchvision convention).
@@ -696,7 +700,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self.train_set, self.val_set, self.test_set = train, val, test
 
     def _drop_bad_images(self, datasets: list[Dataset]) -> list[Dataset]:
-        """Decode every file of the file-based datasets once; drop undecodable ones; warn once with the count."""
+        """Decode every file of the file-based datasets once; drop undecodable ones; warn once with the
+        count."""
         paths = sorted({p for ds in datasets if isinstance(ds, ImageListDataset) for p, _ in ds.samples})
         if not paths:
             return datasets
@@ -735,7 +740,8 @@ class ClassificationDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before requesting a dataloader")
         workers = self.num_workers
-        # training: torchdata's StatefulDataLoader (a DataLoader that Lightning checkpoints and fast-forwards),
+        # training: torchdata's StatefulDataLoader (a DataLoader that Lightning checkpoints and
+        # fast-forwards),
         # so a run stopped mid-epoch (SIGTERM, SLURM requeue) resumes at the batch it stopped at
         loader_cls = StatefulDataLoader if train else DataLoader
         return loader_cls(

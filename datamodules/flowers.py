@@ -198,7 +198,10 @@ class Flowers5DataModule(ImageFolderDataModule):
 
     @property
     def expected_layout(self) -> str:  # type: ignore[override]
-        return "flower_photos/\n  daisy/*.jpg\n  dandelion/*.jpg\n  roses/*.jpg\n  sunflowers/*.jpg\n  tulips/*.jpg"
+        return (
+            "flower_photos/\n  daisy/*.jpg\n  dandelion/*.jpg\n  roses/*.jpg\n"
+            "  sunflowers/*.jpg\n  tulips/*.jpg"
+        )
 
     def _check_layout(self) -> None:
         self.require(*FLOWERS5_CLASSES)

@@ -231,8 +231,8 @@ class ImageFolderDataModule(ClassificationDataModule):
         classes = find_class_folders(self._class_dir, self.dataset_name, self.expected_layout, self.homepage)
         if len(classes) != self.num_classes:
             raise DataConfigError(
-                f"{self.dataset_name}: num_classes={self.num_classes} but {self._class_dir} holds {len(classes)} "
-                "class folders"
+                f"{self.dataset_name}: num_classes={self.num_classes} but {self._class_dir} holds "
+                f"{len(classes)} class folders"
             )
         self.class_names = classes
 
@@ -255,7 +255,8 @@ class ImageFolderDataModule(ClassificationDataModule):
             raise DatasetLayoutError(
                 self.dataset_name,
                 directory,
-                detail=f"{len(clashes)} file(s) appear under more than one class folder (symlinks?), e.g. {real} "
+                detail=f"{len(clashes)} file(s) appear under more than one class folder (symlinks?), "
+                f"e.g. {real} "
                 f"as {' and '.join(paths[:3])}; each image must be in exactly one class folder of",
             )
         return samples

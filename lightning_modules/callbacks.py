@@ -109,10 +109,11 @@ class FiniteLossGuard(Callback):
         ]
         ckpt = next((p for p in saved if p), "none saved yet")
         raise NonFiniteLossError(
-            f"training loss is {loss.item()} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
+            f"training loss is {loss.item()} at global step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}, "
             f"batch {self._batch_idx}). Stopped before the update and before saving; last good checkpoint: "
-            f"{ckpt}. Usual fixes: lower the learning rate or add warm-up, use bf16 instead of fp16, check the "
-            "inputs of that batch."
+            f"{ckpt}. Usual fixes: lower the learning rate or add warm-up, use bf16 instead of fp16, "
+            "check the inputs of that batch."
         )
 
 

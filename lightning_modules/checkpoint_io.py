@@ -67,7 +67,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        """Lightning's ``ckpt_path`` load, always restricted (``weights_only`` is ignored: never ``False``)."""
+        """Lightning's ``ckpt_path`` load, always restricted (``weights_only`` is ignored: never
+        ``False``)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
         return safe_load(path, map_location=map_location or (lambda storage, loc: storage))

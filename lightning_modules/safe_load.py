@@ -50,6 +50,7 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool | N
         detail = f" (it needs {found[1]})" if found else ""
         raise UnsafeCheckpointError(
             f"{os.fspath(path)}: refused to load: it holds Python objects other than tensors and plain "
-            f"data{detail}, and unpickling them could run code from the file. Use a checkpoint written by this "
+            f"data{detail}, and unpickling them could run code from the file. "
+            "Use a checkpoint written by this "
             "project or a plain state_dict saved with torch.save(model.state_dict(), ...)."
         ) from None

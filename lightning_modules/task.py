@@ -139,15 +139,16 @@ class ClassificationTask(LightningModule):
             log.warning(report.summary())
         self.loss = loss if loss is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         if isinstance(self.loss, TaskLoss):
-            # the embedding width: timm's head_hidden_size where a pre-logits MLP widens it (VGG), else num_features
+            # the embedding width: timm's head_hidden_size where a pre-logits MLP widens it (VGG),
+            # else num_features
             width = getattr(self.backbone, "head_hidden_size", None) or getattr(
                 self.backbone, "num_features", 0
             )
             self.loss.bind(int(width), num_classes)
         self._needs = self.loss.requires if isinstance(self.loss, TaskLoss) else frozenset({"logits"})
         if "logits" not in self._needs:
-            # margin losses (A-Softmax, CosFace, COCO, L-GM) own the classifier: the backbone's head is unused,
-            # and parameters without gradients would break DDP
+            # margin losses (A-Softmax, CosFace, COCO, L-GM) own the classifier: the backbone's head is
+            # unused, and parameters without gradients would break DDP
             self.backbone.get_classifier().requires_grad_(False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -239,11 +240,14 @@ class ClassificationTask(LightningModule):
         self.val_metrics.reset()
         self.val_loss.reset()
         if not bool(torch.isfinite(values["val/loss"])):
-            # ModelCheckpoint would count a NaN as -inf and carry on: the run would look fine and learn nothing
+            # ModelCheckpoint would count a NaN as -inf and carry on: the run would look fine
+            # and learn nothing
             raise NonFiniteValidationError(
-                f"validation loss is {values['val/loss'].item()} at epoch {self.current_epoch}: the model gives "
+                f"validation loss is {values['val/loss'].item()} at epoch {self.current_epoch}: "
+                "the model gives "
                 "non-finite outputs on the validation images. Usual causes: an input size too small for the "
-                "model (its feature maps shrink to nothing; raise data.init_args.image_size), a diverged model "
+                "model (its feature maps shrink to nothing; raise data.init_args.image_size), "
+                "a diverged model "
                 "(lower the learning rate), or broken images."
             )
         if not self.trainer.sanity_checking:
@@ -274,8 +278,10 @@ class ClassificationTask(LightningModule):
             problems.append(f"{saved['num_classes']} classes (this run's data: {mine.num_classes})")
         if problems:
             raise CheckpointMismatchError(
-                f"the checkpoint was trained with {' and '.join(problems)}. Use a checkpoint of this experiment, "
-                "or to fine-tune on new classes pass it as `model.init_args.pretrained: <path>` (the classifier "
+                f"the checkpoint was trained with {' and '.join(problems)}. "
+                "Use a checkpoint of this experiment, "
+                "or to fine-tune on new classes pass it as `model.init_args.pretrained: <path>` "
+                "(the classifier "
                 "is then skipped) instead of `--ckpt_path`."
             )
 
@@ -314,7 +320,8 @@ class ClassificationTask(LightningModule):
         for i, spec in enumerate(specs):
             if not any(key[0] == i for key in buckets):
                 raise TaskConfigError(
-                    f"param_groups pattern {spec['pattern']!r} matches no trainable parameter; names look like "
+                    f"param_groups pattern {spec['pattern']!r} matches no trainable parameter; "
+                    "names look like "
                     f"{[n for n, _ in self.named_parameters()][:4]}"
                 )
         groups = []

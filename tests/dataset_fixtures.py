@@ -2,7 +2,8 @@
 
 ``build_dataset_fixture("datamodules.CUB200DataModule", tmp_path)`` writes a few classes x a few images in the
 real layout (real metadata formats: CUB's id tables, Stanford Cars' ``.mat`` structs written with
-``scipy.io.savemat``, Flowers-102's ``imagelabels.mat``/``setid.mat``, the pickled CIFAR batches, ...) and returns
+``scipy.io.savemat``, Flowers-102's ``imagelabels.mat``/``setid.mat``, the pickled CIFAR batches, ...)
+and returns
 the ``init_args`` overrides the datamodule needs (``{"root": ...}`` plus, for the generic image folder, what
 makes the fixture's class count valid). Fixed-class datasets keep their official ``num_classes`` (CUB: 200);
 the fixture holds fewer classes whose labels are valid indices.
@@ -171,7 +172,8 @@ TINY_WNIDS = ["n01443537", "n01629819", "n01641577"]
 
 
 def build_tiny_imagenet(root: Path, per_class: int = 3, val_per_class: int = 2) -> dict[str, Any]:
-    """``root/tiny-imagenet-200/`` with wnids.txt, words.txt, train/<wnid>/images, val/images + annotations."""
+    """``root/tiny-imagenet-200/`` with wnids.txt, words.txt, train/<wnid>/images, val/images +
+    annotations."""
     base = root / "tiny-imagenet-200"
     base.mkdir(parents=True, exist_ok=True)
     (base / "wnids.txt").write_text("".join(f"{w}\n" for w in TINY_WNIDS))
@@ -300,7 +302,8 @@ def build_fgvc_aircraft(root: Path, trainval_per_class: int = 3, test_per_class:
 
 
 def build_flowers102(root: Path, per_class: int = 4) -> dict[str, Any]:
-    """``root/flowers-102/`` with jpg/image_XXXXX.jpg, imagelabels.mat (labels) and setid.mat (trnid/valid/tstid)."""
+    """``root/flowers-102/`` with jpg/image_XXXXX.jpg, imagelabels.mat (labels) and setid.mat
+    (trnid/valid/tstid)."""
     from scipy.io import savemat
 
     base = root / "flowers-102"

@@ -13,7 +13,8 @@
 
 tests/test_experiments.py compares today's files with it: ``stated`` exactly (every row, pure YAML, fast),
 ``resolved`` restricted to the keys the snapshot holds (one row per recipe/dataset chain in the default
-suite, every row in ``make test-slow`` and in this script) (so a new argument with a default, e.g. a datamodule's new option, does not
+suite, every row in ``make test-slow`` and in this script)
+(so a new argument with a default, e.g. a datamodule's new option, does not
 break it, while a changed value or a vanished key does). Updating the snapshot is a deliberate act, for a
 change of a recipe made on purpose; review the diff of the JSON file before committing it::
 

@@ -1,4 +1,5 @@
-"""CS-Net (backbones/csnet.py) and its cross-layer attention layers (backbones/layers/cross_layer_attention.py).
+"""CS-Net (backbones/csnet.py) and its cross-layer attention layers
+(backbones/layers/cross_layer_attention.py).
 
 Layer tests use small channel counts and compare the batched SDPA code with a literal transcription of the
 docstring's equations; model tests check the timm contract of every registered CS-Net variant at 64x64.
@@ -335,7 +336,8 @@ def test_channels_last_input_matches() -> None:
 
 
 def test_full_model_overfits_a_tiny_batch() -> None:
-    """The whole path (trunk, both attentions, fusion, head) trains: loss on 4 images falls well below chance."""
+    """The whole path (trunk, both attentions, fusion, head) trains: loss on 4 images falls well below
+    chance."""
     torch.manual_seed(0)
     model = timm.create_model("csnet101", trunk="resnet18", num_classes=4, fusion_dim=32).train()
     x, y = torch.randn(4, 3, 64, 64), torch.arange(4)

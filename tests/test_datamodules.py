@@ -1,4 +1,5 @@
-"""Datamodules on tiny fixtures in the official layouts: shapes, labels, splits, errors, bad images, zip roots."""
+"""Datamodules on tiny fixtures in the official layouts: shapes, labels, splits, errors, bad images,
+zip roots."""
 
 from __future__ import annotations
 

@@ -122,7 +122,8 @@ def test_row_states_only_what_makes_the_row(path: Path):
     )
     assert not stated, (
         f"{path.name} states recipe keys {stated}: put them in a recipe file of experiments/"
-        f"{path.parent.name}/ (e.g. _recipe.yaml, or a named variant _recipe_<name>.yaml) and list it in _base_"
+        f"{path.parent.name}/ (e.g. _recipe.yaml, or a named variant _recipe_<name>.yaml) "
+        "and list it in _base_"
     )
 
 
@@ -148,7 +149,10 @@ def test_row_header_names_its_paper_table_and_row(path: Path):
 
 # ------------------------------------------------------------------------------------------ snapshot
 SNAPSHOT = snapshot.load()
-FIX = "if on purpose: .venv/bin/python -m tests.experiment_snapshot --update [ROW GLOB ...], review the JSON diff"
+FIX = (
+    "if on purpose: .venv/bin/python -m tests.experiment_snapshot --update [ROW GLOB ...], "
+    "review the JSON diff"
+)
 
 
 def _report(lines: list[str]) -> str:

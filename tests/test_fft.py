@@ -129,7 +129,8 @@ def test_switches_of_the_ablation_variants() -> None:
 
 
 def test_fine_streams_reach_the_output() -> None:
-    """Changing only the Inner map's RAM output changes the logits: the fusion carries it to the Outer stream."""
+    """Changing only the Inner map's RAM output changes the logits: the fusion carries it to the Outer
+    stream."""
     model = _small("fft_tiny").eval()
     x = torch.randn(1, 3, 64, 64)
     base = model(x)

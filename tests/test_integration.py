@@ -31,7 +31,8 @@ def run_cli(*args: str, cwd: Path, timeout: int = 420) -> subprocess.CompletedPr
 
 
 def test_quickstart_end_to_end_with_wandb_offline(tmp_path):
-    """The `make demo` job, shortened to 2 epochs: trains, tests the best checkpoint, W&B files hold it all."""
+    """The `make demo` job, shortened to 2 epochs: trains, tests the best checkpoint, W&B files hold it
+    all."""
     proc = run_cli(
         "fit",
         "--config",
@@ -53,7 +54,8 @@ def test_quickstart_end_to_end_with_wandb_offline(tmp_path):
     # test_after_fit tests the best-validation and the last checkpoint, under distinct keys, in this W&B run
     tested = {f"test/{ckpt}/{m}" for ckpt in ("best", "last") for m in ("acc1", "f1", "kappa")}
     assert {"train/loss", "val/acc1", "val/acc1_best", *tested} <= set(logged)
-    assert logged["test/last/acc1"] > 0.5  # 10 classes: chance is 0.1; two epochs of ResNet-18 reach far above
+    # 10 classes: chance is 0.1; two epochs of ResNet-18 reach far above
+    assert logged["test/last/acc1"] > 0.5
     # the full resolved config, nested, is the W&B run config
     assert run["config"]["model"]["init_args"]["backbone"] == "resnet18"
     assert run["config"]["data"]["class_path"].endswith("DigitsDataModule")

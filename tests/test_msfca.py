@@ -267,7 +267,8 @@ def _grad_of_y2_wrt_splits(block: MSFBottleneck, x: torch.Tensor) -> torch.Tenso
 
 
 def test_msf_bottleneck_chains_scales() -> None:
-    """Eq. 5: in an inner block y_2 = K(y_1 + x_2) depends on split x_1; in a stage-first block it does not."""
+    """Eq. 5: in an inner block y_2 = K(y_1 + x_2) depends on split x_1; in a stage-first block it
+    does not."""
     torch.manual_seed(0)
     inner = MSFBottleneck(256, 64).eval()
     w = inner.width

@@ -96,8 +96,9 @@ def test_resnet_state_dict_loads_into_csnet_trunk(
 
 
 def test_wrong_depth_is_reported_as_missing_trunk_blocks(checkpoints: _Checkpoints) -> None:
-    """ResNet-50 weights into CS-Net-101: same stage widths, so everything but layer3.6-22 loads and the report
-    names exactly those blocks as missing (the loader does not refuse a partial trunk; the log says so)."""
+    """ResNet-50 weights into CS-Net-101: same stage widths, so everything but layer3.6-22 loads
+    and the report names exactly those blocks as missing (the loader does not refuse a partial trunk;
+    the log says so)."""
     model = timm.create_model("csnet101", num_classes=10)
     report = load_pretrained(model, checkpoints["resnet50"])
     missing_trunk = {k.split(".")[2] for k in report.missing if k.startswith("trunk.")}
@@ -140,7 +141,8 @@ def test_lightning_style_checkpoint(checkpoints: _Checkpoints, tmp_path: Path) -
 
 
 def test_checkpoint_of_a_trained_csnet_round_trips(tmp_path: Path) -> None:
-    """A CS-Net fine-tuned by this project (task keys ``backbone.trunk.*``, ``backbone.cs.*``) reloads fully."""
+    """A CS-Net fine-tuned by this project (task keys ``backbone.trunk.*``, ``backbone.cs.*``) reloads
+    fully."""
     torch.manual_seed(0)
     trained = timm.create_model("csnet50", num_classes=200, gamma_init=0.5)
     ckpt = {"state_dict": {f"backbone.{k}": v for k, v in trained.state_dict().items()}}
@@ -226,7 +228,8 @@ def test_resnet_weights_load_into_other_paper_trunks(
 
 
 def test_pretrained_true_asks_timm_for_hub_trunk_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``pretrained=True`` (internet only) builds the trunk with timm's hub weights; nothing is downloaded here."""
+    """``pretrained=True`` (internet only) builds the trunk with timm's hub weights; nothing is
+    downloaded here."""
     import backbones.csnet as csnet
 
     calls: list[tuple[str, object]] = []

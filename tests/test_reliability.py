@@ -1,4 +1,5 @@
-"""Losing nothing: atomic checkpoints, SIGKILL + resume equals an uninterrupted run, NaN stops, bad checkpoints."""
+"""Losing nothing: atomic checkpoints, SIGKILL + resume equals an uninterrupted run, NaN stops,
+bad checkpoints."""
 
 from __future__ import annotations
 
@@ -180,7 +181,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
-    """Kill -9 during epoch 2, resume with `--ckpt_path last` (epoch-boundary checkpoint): same final weights."""
+    """Kill -9 during epoch 2, resume with `--ckpt_path last` (epoch-boundary checkpoint): same final
+    weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(_fit_cmd(tmp_path, "whole"), env=env, check=True, capture_output=True, timeout=600)
 

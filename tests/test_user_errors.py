@@ -19,7 +19,8 @@ from lightning_modules.task import TaskConfigError
 QUICKSTART = str(cli.ROOT / "experiments" / "quickstart.yaml")
 FAST = [
     "--trainer.logger", "false", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
-    "--trainer.enable_progress_bar", "false", "--test_after_fit", "false", "--data.init_args.image_size", "16",
+    "--trainer.enable_progress_bar", "false", "--test_after_fit", "false",
+    "--data.init_args.image_size", "16",
     "--model.init_args.backbone", "resnet10t",
 ]  # fmt: skip
 

@@ -6,7 +6,8 @@ such as ``trunk.layer1 trunk.layer4``):
 * models with timm ``feature_info`` (ResNets, ACANet, most timm CNNs): the first feature stage with
   stride >= 4 (``layer1``, the "shallow module") and the last one (``layer4``, the "deep module");
 * any other model: the modules whose output is a feature map are found with forward hooks on a dummy
-  input; at the least nested level holding maps of two strides, the first one at stride >= 4 and the last one to run.
+  input; at the least nested level holding maps of two strides, the first one at stride >= 4 and the
+  last one to run.
   Feature maps ``(B, C, H, W)`` are preferred (a CNN trunk under a transformer, FFT, TokenFusion); a pure
   transformer's token outputs ``(B, N, C)`` are reshaped to a square grid (leading class tokens dropped).
 
@@ -22,7 +23,8 @@ resolution, and ``gradcam_grid.png`` (rows: images; columns: input, one column p
 
 Examples::
 
-    python -m tools.gradcam --config experiments/msfca/msfca50_ceramic.yaml --ckpt_path runs/.../best.ckpt -n 5
+    python -m tools.gradcam --config experiments/msfca/msfca50_ceramic.yaml \\
+        --ckpt_path runs/.../best.ckpt -n 5
     python -m tools.gradcam --model resnet50 --image-folder ../shared/data/some_folder --layers layer1 layer4
 """
 
@@ -117,7 +119,8 @@ def _square_tokens(n: int) -> int:
 
 
 def tokens_to_map(tokens: Tensor) -> Tensor:
-    """``(B, N, C)`` tokens -> ``(B, C, s, s)``, dropping leading class/extra tokens (pytorch-grad-cam hook)."""
+    """``(B, N, C)`` tokens -> ``(B, C, s, s)``, dropping leading class/extra tokens
+    (pytorch-grad-cam hook)."""
     if tokens.ndim != 3:
         return tokens
     side = _square_tokens(tokens.shape[1])
@@ -130,7 +133,8 @@ def tokens_to_map(tokens: Tensor) -> Tensor:
 def compute_cams(
     model: nn.Module, images: Tensor, layers: Sequence[str], targets: Sequence[int] | None = None
 ) -> dict[str, np.ndarray]:
-    """Grad-CAM maps ``{layer: (B, H, W) in [0, 1]}`` for ``images`` (``targets``: classes, None = predicted)."""
+    """Grad-CAM maps ``{layer: (B, H, W) in [0, 1]}`` for ``images`` (``targets``: classes,
+    None = predicted)."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 

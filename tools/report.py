@@ -354,7 +354,8 @@ def metric_value(run: Run, metric: str, checkpoint: str = "best") -> tuple[float
 
 
 def run_progress(run: Run) -> str:
-    """``"<epochs run>/<max_epochs>"`` for a run that stopped before its ``trainer.max_epochs``, else ``""``."""
+    """``"<epochs run>/<max_epochs>"`` for a run that stopped before its ``trainer.max_epochs``,
+    else ``""``."""
     max_epochs = ((run.config or {}).get("trainer") or {}).get("max_epochs")
     epoch = run.metrics.get("epoch_max", run.metrics.get("epoch"))
     if not isinstance(max_epochs, int) or max_epochs < 1 or epoch is None or math.isnan(epoch):

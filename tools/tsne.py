@@ -10,7 +10,8 @@ and ``tsne.npz`` (``embedding`` (n, 2), ``features`` (n, D), ``labels`` (n,)).
 
 Example::
 
-    python -m tools.tsne --config experiments/msfca/msfca50_ceramic.yaml --ckpt_path runs/.../best.ckpt --num-samples 500
+    python -m tools.tsne --config experiments/msfca/msfca50_ceramic.yaml --ckpt_path runs/.../best.ckpt \\
+        --num-samples 500
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ position embedding. Each block is a *Grapher* (1x1 conv + BN, a dynamic k-NN gra
 max-relative graph convolution ``[x_i, max_j (x_j - x_i)]`` -> grouped 1x1 conv + BN + GELU, 1x1 conv + BN,
 residual) followed by an FFN (1x1 convs with BN, 4x, residual). The neighbour count grows linearly from
 k = 9 to 18 over the blocks (truncated to integers) and block ``i`` uses dilation ``i // 4 + 1`` (dilated
-k-NN: the ``k x d`` nearest, every ``d``-th), as in the ViG reference; the k-NN runs on L2-normalised features, with the node
-itself included. The graph is built for the whole batch by one distance matmul and one ``topk``: no Python
+k-NN: the ``k x d`` nearest, every ``d``-th), as in the ViG reference; the k-NN runs on
+L2-normalised features, with the node itself included.
+The graph is built for the whole batch by one distance matmul and one ``topk``: no Python
 loop over nodes or images. At inputs smaller than 224 px (fewer nodes than ``k x d``), ``k x d`` is capped
 at the number of nodes (ours: the reference assumes 196 nodes) and the position embedding is resized
 bicubically.

@@ -74,7 +74,8 @@ class FocalLoss(nn.Module):
             if self.alpha is not None:
                 if self.alpha.numel() != num_classes:
                     raise ValueError(
-                        f"FocalLoss got {self.alpha.numel()} per-class alpha weights for {num_classes} classes."
+                        f"FocalLoss got {self.alpha.numel()} per-class alpha weights "
+                        f"for {num_classes} classes."
                     )
                 per_class = per_class * self.alpha.to(per_class.device)
             elif self.alpha_scalar is not None:

@@ -25,7 +25,8 @@ class LGMLoss(TaskLoss):
     r"""L-GM loss with identity covariances and equal priors, as in the authors' official implementation.
 
     The embeddings are modelled as a Gaussian mixture with one learned mean ``mu_k`` per class. With
-    ``Sigma_k = I`` and ``p(k) = 1/K`` the paper's Sec. 3 formulation becomes, with ``d_k = 1/2 ||x - mu_k||^2``:
+    ``Sigma_k = I`` and ``p(k) = 1/K`` the paper's Sec. 3 formulation becomes, with
+    ``d_k = 1/2 ||x - mu_k||^2``:
 
     * classification loss with margin: ``L_cls = CE(-d_k * (1 + alpha [k = y]), y)`` - the target
       class' distance is enlarged by ``(1 + alpha)``, so it must win by a margin;
@@ -35,7 +36,8 @@ class LGMLoss(TaskLoss):
 
     The general form with learned diagonal covariances and priors is not implemented (the official code
     and its reported experiments use the identity form). Defaults alpha = 0.1, lambda = 0.01 (the default
-    arguments of the authors' ``lgm_logits`` as far as we know; the paper tunes both per dataset). Means are Xavier-initialised (as in the official code) and
+    arguments of the authors' ``lgm_logits`` as far as we know; the paper tunes both per dataset).
+    Means are Xavier-initialised (as in the official code) and
     learned by back-propagation of both terms. :meth:`predict` returns ``-d_k`` (the log-posterior up to a
     constant, no margin). Outputs needed: ``"embeddings"``; the backbone's own classifier is unused.
     Distances are computed in fp32 with autocast off.

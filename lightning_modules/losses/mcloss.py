@@ -104,7 +104,8 @@ class MCLoss(TaskLoss):
     def _grouped(self, features: Tensor, num_classes: int) -> Tensor:
         if features.ndim != 4:
             raise ValueError(
-                f"MCLoss needs a CNN feature map (B, C, H, W) as 'features', got shape {tuple(features.shape)}."
+                f"MCLoss needs a CNN feature map (B, C, H, W) as 'features', "
+                f"got shape {tuple(features.shape)}."
             )
         b, c, h, w = features.shape
         if c != self.channels_per_class * num_classes:
