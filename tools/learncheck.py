@@ -808,7 +808,7 @@ def report(args, command: str, files, groups, results: Sequence[Result], progres
     return (
         f"## {args.mode} mode, {args.device}\n\n{environment()}\n\n"
         f"Command: `{command}`; {len(files)} rows in {len(groups)} families. {progress}\n\n"
-        f"{table(results)}\n\n{summary(results)}\n"
+        f"{table(results)}\n\n{summary(results, len(groups))}\n"
     )
 
 
