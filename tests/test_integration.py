@@ -93,9 +93,10 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
         "16",
         cwd=tmp_path,
     )
-    metrics = next((tmp_path / "runs" / "ddp" / "logs").glob("version_*/metrics.csv"))
+    metrics = tmp_path / "runs" / "ddp" / "logs" / "metrics.csv"  # the project CSVLogger: no version_N
     rows = list(csv.DictReader(metrics.open()))
-    assert any(r.get("val/acc1") for r in rows) and any(r.get("test/acc1") for r in rows)
+    assert any(r.get("val/acc1") for r in rows) and any(r.get("test/best/acc1") for r in rows)
+    assert any(r.get("test/last/acc1") for r in rows)
     hparams = yaml_load(metrics.parent / "hparams.yaml")
     assert hparams["config"]["trainer"]["strategy"] == "ddp"
 
@@ -222,7 +223,7 @@ def test_real_cifar10_images_loss_goes_down(tmp_path, shared_data):
         cwd=tmp_path,
     )
     rows = list(
-        csv.DictReader(next((tmp_path / "runs" / "cifar" / "logs").glob("version_*/metrics.csv")).open())
+        csv.DictReader((tmp_path / "runs" / "cifar" / "logs" / "metrics.csv").open())
     )
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 10
