@@ -222,9 +222,7 @@ def test_real_cifar10_images_loss_goes_down(tmp_path, shared_data):
         str(tmp_path / "cache"),
         cwd=tmp_path,
     )
-    rows = list(
-        csv.DictReader((tmp_path / "runs" / "cifar" / "logs" / "metrics.csv").open())
-    )
+    rows = list(csv.DictReader((tmp_path / "runs" / "cifar" / "logs" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 10
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
