@@ -227,5 +227,5 @@ def test_real_cifar10_images_loss_goes_down(tmp_path, shared_data):
     assert len(losses) >= 10
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - 0.1, f"training loss did not go down: {first:.3f} -> {last:.3f}"
-    test_acc = [float(r["test/acc1"]) for r in rows if r.get("test/acc1")]
+    test_acc = [float(r["test/best/acc1"]) for r in rows if r.get("test/best/acc1")]
     assert test_acc and test_acc[-1] > 0.2  # 10 classes: chance is 0.1
