@@ -154,12 +154,12 @@ class ViG(nn.Module):
         self.head_hidden = nn.Sequential(
             nn.Conv2d(dim, 1024, 1), nn.BatchNorm2d(1024), nn.GELU(), nn.Dropout(drop_rate)
         )
-        self.head = nn.Conv2d(1024, num_classes, 1) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d | nn.Linear):
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -174,7 +174,7 @@ class ViG(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
-        self.head = nn.Conv2d(1024, num_classes, 1) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
 
     def _embed(self, x: Tensor) -> Tensor:
         x = self.stem(x)
@@ -218,8 +218,8 @@ class ViG(nn.Module):
         return intermediates if intermediates_only else (x, intermediates)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_hidden(F.adaptive_avg_pool2d(x, 1))
-        return x.flatten(1) if pre_logits else self.head(x).flatten(1)
+        x = self.head_hidden(F.adaptive_avg_pool2d(x, 1)).flatten(1)
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -250,6 +250,6 @@ def vig_b_224(pretrained: bool = False, **kwargs: Any) -> ViG:
         "vig_b_224",
         pretrained,
         no_weights=_NO_WEIGHTS.format("vig_b_224"),
-        feature_cfg={"feature_cls": "getter", "out_indices": (15,)},
+        features="isotropic: every block works at one scale (1/16), there is no pyramid",
         **kwargs,
     )
