@@ -78,8 +78,11 @@ class TinyImageNetDataModule(ClassificationDataModule):
         base = self.data_dir
         with open(os.path.join(base, "wnids.txt")) as f:
             wnids = sorted({line.strip() for line in f if line.strip()})
-        if len(wnids) > self.num_classes:
-            raise self.layout_error(os.path.join(base, "wnids.txt"), f"{len(wnids)} wnids (expected 200) in")
+        if len(wnids) != self.num_classes:  # a partial copy would train a different, smaller task
+            raise self.layout_error(
+                os.path.join(base, "wnids.txt"),
+                f"{len(wnids)} distinct wnids (expected {self.num_classes}) in",
+            )
         index = {w: i for i, w in enumerate(wnids)}
         words: dict[str, str] = {}
         words_path = os.path.join(base, "words.txt")

@@ -168,10 +168,15 @@ def build_cifar100(root: Path, train_size: int = 20, test_size: int = 6) -> dict
     return {"root": str(root)}
 
 
-TINY_WNIDS = ["n01443537", "n01629819", "n01641577"]
+# the official tree has 200 wnids (the datamodule refuses any other count): three real ones, with their
+# words.txt names, then synthetic ids; images only for a few classes would be refused, so every class gets
+# `per_class` training images (64 px JPEGs, as in the archive) and the first `val_classes` get val images
+TINY_WNIDS = ["n01443537", "n01629819", "n01641577"] + [f"n{90000000 + i:08d}" for i in range(197)]
 
 
-def build_tiny_imagenet(root: Path, per_class: int = 3, val_per_class: int = 2) -> dict[str, Any]:
+def build_tiny_imagenet(
+    root: Path, per_class: int = 1, val_per_class: int = 2, val_classes: int = 3
+) -> dict[str, Any]:
     """``root/tiny-imagenet-200/`` with wnids.txt, words.txt, train/<wnid>/images, val/images +
     annotations."""
     base = root / "tiny-imagenet-200"
@@ -188,8 +193,8 @@ def build_tiny_imagenet(root: Path, per_class: int = 3, val_per_class: int = 2) 
             boxes.append(f"{wnid}_{i}.JPEG\t0\t0\t63\t63\n")
         (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("".join(boxes))
     lines = []
-    for k in range(val_per_class * len(TINY_WNIDS)):
-        label = k % len(TINY_WNIDS)
+    for k in range(val_per_class * val_classes):
+        label = k % val_classes
         write_jpeg(base / "val" / "images" / f"val_{k}.JPEG", label, 50 + k, size=64)
         lines.append(f"val_{k}.JPEG\t{TINY_WNIDS[label]}\t0\t0\t63\t63\n")
     (base / "val" / "val_annotations.txt").write_text("".join(lines))

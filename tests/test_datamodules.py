@@ -323,6 +323,16 @@ def test_tiny_imagenet_uses_val_as_test_and_sorted_wnids(tmp_path):
     assert dm.class_names[0].startswith("goldfish")
 
 
+def test_tiny_imagenet_refuses_a_tree_without_200_wnids(tmp_path):
+    """A partial copy (3 of the 200 classes) is refused, naming wnids.txt, not trained as a 3-way task."""
+    dm = make("datamodules.TinyImageNetDataModule", tmp_path, val_split="test")
+    wnids = Path(dm.data_dir) / "wnids.txt"
+    wnids.write_text("".join(wnids.read_text().splitlines(keepends=True)[:3]))
+    with pytest.raises(DatasetLayoutError, match=r"3 distinct wnids \(expected 200\)") as err:
+        dm.setup()
+    assert "wnids.txt" in str(err.value)
+
+
 def test_imagenet_labels_are_standard_class_indices(tmp_path):
     dm = make("datamodules.ImageNetDataModule", tmp_path)
     dm.setup()
