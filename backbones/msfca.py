@@ -63,6 +63,7 @@ from backbones import _factory
 from backbones.errors import ModelConfigError
 from backbones.layers.chunking_attention import create_chunking_attention
 from backbones.layers.cross_scale_attention import CrossScaleCoordAttention
+from backbones.layers.pointwise import PointwiseConv2d, as_pointwise
 
 __all__ = ["MSFBottleneck", "ChunkBottleneck", "MSFCAResNet", "VERSION_STAGES"]
 
@@ -77,10 +78,16 @@ class ChunkBottleneck(Bottleneck):
 
     The module is attached by :class:`MSFCAResNet` (``None`` otherwise) and applied after ``bn3`` (before the
     residual sum) or, with ``chunk_attn_position="post"``, after the block's final ReLU.
+
+    Its 1x1 convs (``conv1``, ``conv3`` and the shortcut's) are :class:`PointwiseConv2d` (same parameters
+    and ``state_dict``; see :func:`_pointwise_shortcut`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.conv1 = as_pointwise(self.conv1)
+        self.conv3 = as_pointwise(self.conv3)
+        _pointwise_shortcut(self.downsample)
         self.chunk_attn: nn.Module | None = None
         self.chunk_attn_position = "block"
 
@@ -103,6 +110,19 @@ class ChunkBottleneck(Bottleneck):
         if self.chunk_attn is not None and self.chunk_attn_position == "post":
             x = self.chunk_attn(x)
         return x
+
+
+def _pointwise_shortcut(downsample: nn.Module | None) -> None:
+    """Make the shortcut's plain 1x1 conv (timm's average-pool shortcut ``downsample.1``) a
+    :class:`PointwiseConv2d`, in place.
+
+    PyTorch sends a 1x1 stride-1 conv at batch < 16 on one CPU thread to ``aten::_slow_conv2d``, which is
+    slow when the weight outweighs the input (the deep stages at small inputs; see
+    :mod:`backbones.layers.pointwise`). Strided shortcut convs take the fast kernels already.
+    """
+    if isinstance(downsample, nn.Sequential):
+        for i, layer in enumerate(downsample):
+            downsample[i] = as_pointwise(layer)
 
 
 class MSFBottleneck(nn.Module):
@@ -171,7 +191,8 @@ class MSFBottleneck(nn.Module):
         self.width = width
         self.is_first = stride > 1 or downsample is not None
 
-        self.conv1 = nn.Conv2d(inplanes, width * scale, kernel_size=1, bias=False, **dd)
+        # 1x1 convs on the matmul fast path when weight-bound (backbones.layers.pointwise); nn.Conv2d params
+        self.conv1 = PointwiseConv2d(inplanes, width * scale, bias=False, **dd)
         self.bn1 = norm_layer(width * scale, **dd)
         self.convs = nn.ModuleList(
             nn.Conv2d(
@@ -197,10 +218,11 @@ class MSFBottleneck(nn.Module):
             for _ in range(n_attn)
         )
         self.drop_block = drop_block() if drop_block is not None else nn.Identity()
-        self.conv3 = nn.Conv2d(width * (3 * scale - 2), outplanes, kernel_size=1, bias=False, **dd)
+        self.conv3 = PointwiseConv2d(width * (3 * scale - 2), outplanes, bias=False, **dd)
         self.bn3 = norm_layer(outplanes, **dd)
         self.relu = act_layer(inplace=True)
         self.downsample = downsample
+        _pointwise_shortcut(self.downsample)
         self.drop_path = drop_path
         self.chunk_attn: nn.Module | None = None
         self.chunk_attn_position = "block"

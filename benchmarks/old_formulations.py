@@ -10,7 +10,8 @@ and ``tests/test_fast_paths.py`` can check that both give the same outputs and g
   the unfolded blocks.
 * FCSA (:mod:`backbones.layers.fcsa`): the Python loop over the ``window**2`` offsets (custom autograd
   functions, 49 small kernels forward and more backward) instead of one masked attention over tiles.
-* MSF-CA's attention 1x1 convolutions (:class:`backbones.layers.pointwise.PointwiseConv2d`): plain
+* MSF-CA's 1x1 convolutions (:class:`backbones.layers.pointwise.PointwiseConv2d`: the attention modules,
+  the bottlenecks' ``conv1``/``conv3`` and the average-pool shortcut's conv): plain
   ``nn.Conv2d.forward``, which PyTorch sends to ``aten::_slow_conv2d`` for a 1x1 kernel, stride 1,
   batch < 16 on one CPU thread.
 """

@@ -3,7 +3,8 @@
 * FFT fusion (Eq. 9/15): one matmul of the unfolded blocks vs the ``K x K`` conv and the literal
   ``nn.Unfold`` + ``Linear`` (:class:`backbones.layers.fft_block.StreamFusion`).
 * FCSA: one masked attention over query tiles vs the 49-offset loop and ACmix's unfold code.
-* MSF-CA's attention 1x1 convs (:class:`backbones.layers.pointwise.PointwiseConv2d`) vs ``F.conv2d``.
+* MSF-CA's 1x1 convs (:class:`backbones.layers.pointwise.PointwiseConv2d`: attention, bottleneck
+  ``conv1``/``conv3`` and the average-pool shortcut) vs ``F.conv2d`` / ``nn.Conv2d`` / timm's bottleneck.
 * Whole models: ``benchmarks.old_formulations.use_old_formulations`` switches a copy back; same logits.
 
 Small inputs; float64 where an equality must not depend on rounding.
@@ -12,6 +13,7 @@ Small inputs; float64 where an equality must not depend on rounding.
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import timm
@@ -22,7 +24,8 @@ from torch import Tensor, nn
 import backbones  # noqa: F401 - registers the models
 from backbones.layers.fcsa import FCSA, fcsa_unfold_reference, window_mask
 from backbones.layers.fft_block import StreamFusion
-from backbones.layers.pointwise import PointwiseConv2d
+from backbones.layers.pointwise import PointwiseConv2d, as_pointwise
+from backbones.msfca import ChunkBottleneck, MSFBottleneck
 from benchmarks.old_formulations import loop_window_attention, use_old_formulations
 
 
@@ -197,6 +200,77 @@ def test_pointwise_conv_leaves_the_slow_kernel() -> None:
     finally:
         torch.set_num_threads(threads)
     assert not any("slow_conv2d" in e.key for e in prof.key_averages())
+
+
+def test_as_pointwise_shares_the_parameters_and_draws_no_random_numbers() -> None:
+    conv = nn.Conv2d(6, 5, 1, bias=True)
+    state = torch.random.get_rng_state()
+    fast = as_pointwise(conv)
+    assert torch.equal(torch.random.get_rng_state(), state)  # a seeded model initialises as before
+    assert isinstance(fast, PointwiseConv2d) and fast.weight is conv.weight and fast.bias is conv.bias
+    assert fast.weight.device.type == "cpu" and set(fast.state_dict()) == set(conv.state_dict())
+    x = torch.randn(2, 6, 3, 4)
+    torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-6)
+    for other in (nn.Conv2d(6, 5, 1, stride=2), nn.Conv2d(6, 6, 1, groups=2), nn.Conv2d(6, 5, 3)):
+        assert as_pointwise(other) is other  # only plain 1x1 convs change
+
+
+@pytest.mark.parametrize("avg_down", [False, True])
+def test_chunk_bottleneck_equals_timm_bottleneck(avg_down: bool) -> None:
+    """Same state_dict (keys, shapes) as timm's Bottleneck; loading it gives the same output (float32)."""
+    from timm.models.resnet import Bottleneck, downsample_avg
+
+    torch.manual_seed(0)
+    make_down = (lambda: downsample_avg(32, 64, 1)) if avg_down else (lambda: None)
+    ref = Bottleneck(32 if avg_down else 64, 16, downsample=make_down()).eval()
+    torch.manual_seed(0)
+    ours = ChunkBottleneck(32 if avg_down else 64, 16, downsample=make_down()).eval()
+    assert isinstance(ours.conv1, PointwiseConv2d) and isinstance(ours.conv3, PointwiseConv2d)
+    if avg_down:
+        assert isinstance(ours.downsample[1], PointwiseConv2d)
+    ref_state = ref.state_dict()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref_state.items()}
+    with torch.no_grad():  # BN statistics off their defaults, so every term of the block matters
+        for value in ref_state.values():
+            if value.is_floating_point():
+                value.add_(0.1 * torch.randn_like(value)).abs_()
+    ours.load_state_dict(ref_state)
+    x = torch.randn(2, ref.conv1.in_channels, 5, 6)  # weight-bound 1x1s (matmul) at this size
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_msf_bottleneck_convs_are_pointwise() -> None:
+    from timm.models.resnet import downsample_avg
+
+    block = MSFBottleneck(32, 16, stride=2, downsample=downsample_avg(32, 64, 1, stride=2))
+    assert isinstance(block.conv1, PointwiseConv2d) and isinstance(block.conv3, PointwiseConv2d)
+    assert isinstance(block.downsample[1], PointwiseConv2d)
+    assert block.conv1.weight.shape == (24, 32, 1, 1) and block.conv3.weight.shape == (64, 60, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["msfca50", "msfca50_pa"])
+def test_msfca_weight_bound_convs_leave_the_slow_kernel(name: str) -> None:
+    """A training step (batch 2, one thread) sends no weight-bound conv to _slow_conv2d.
+
+    The 1x1 convs whose input outweighs their weight may still take it: the matmul is no faster there
+    (backbones.layers.pointwise). Before the bottleneck convs were converted, conv3 of stage 4 was there.
+    """
+    from torch.profiler import profile
+
+    model = timm.create_model(name, num_classes=5, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))
+    x = torch.randn(2, 3, 32, 32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with profile(record_shapes=True) as prof:
+            model(x).sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    slow = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::_slow_conv2d_forward"]
+    for event in slow:
+        inp, weight = event.input_shapes[0], event.input_shapes[1]
+        assert math.prod(weight) < math.prod(inp), (name, inp, weight)
 
 
 # ---------------------------------------------------------------------------------------- whole models

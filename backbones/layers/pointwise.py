@@ -18,11 +18,13 @@ faster). The result is the same linear map; tests check outputs and gradients ag
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PointwiseConv2d", "pointwise_conv"]
+__all__ = ["PointwiseConv2d", "as_pointwise", "pointwise_conv"]
 
 
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -43,10 +45,42 @@ class PointwiseConv2d(nn.Conv2d):
         in_channels: input channels.
         out_channels: output channels.
         bias: learnable bias.
+        device: parameter device.
+        dtype: parameter dtype.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+    def __init__(
+        self, in_channels: int, out_channels: int, bias: bool = True, device: Any = None, dtype: Any = None
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return pointwise_conv(x, self.weight, self.bias)
+
+
+def _is_plain_pointwise(conv: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
+
+
+def as_pointwise(conv: nn.Module) -> nn.Module:
+    """``conv`` as a :class:`PointwiseConv2d` holding the *same* parameter objects, if it is a plain 1x1 conv.
+
+    For layers built by code we do not own (timm's bottleneck ``conv1``/``conv3``, its average-pool
+    shortcut's conv). The new module is made on the meta device, so no memory is allocated and no random
+    number is drawn (a seeded model initialises exactly as before); ``state_dict`` keys and values are
+    unchanged. Anything else (strided, dilated, grouped, padded, already converted) is returned as it is.
+    """
+    if not _is_plain_pointwise(conv):
+        return conv
+    new = PointwiseConv2d(conv.in_channels, conv.out_channels, bias=conv.bias is not None, device="meta")
+    new.weight = conv.weight
+    new.bias = conv.bias
+    new.train(conv.training)
+    return new
