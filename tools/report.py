@@ -43,7 +43,9 @@ import csv
 import json
 import math
 import os
+import re
 import struct
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +67,9 @@ PAPERS = {
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 PERCENT = {"acc1", "acc2", "acc3", "acc5", "precision", "recall", "f1", "kappa", "auroc", "ap"}
 _SKIP_DIRS = {"logs", "wandb", "files", "checkpoints", "analysis", "tmp", "lightning_logs"}
+_SEED_DIR = re.compile(r"seed\d+|unseeded")  # main.py's <row>/seed<N>/ level (lightning_modules.run_folder)
+_EVAL_DIR = "eval"  # <run>/eval/<sub>-<ckpt>/: the records of `main.py test/validate` of that run
+COMPLEXITY = ("params_m", "gmacs", "latency_ms")
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -80,6 +85,8 @@ class Run:
     source: str = "csv"
     predictions: Path | None = None
     experiment: str | None = field(default=None)
+    seed: int | None = None  # ``seed_everything`` of the fit's config (None: not recorded / ``false``)
+    folder: str = ""  # the training run this record belongs to (fit and its ``eval/*`` records share it)
 
 
 def read_metrics_csv(path: Path) -> dict[str, float]:
@@ -181,7 +188,12 @@ def _folder_names(path: Path, root: Path) -> list[str]:
         if parent == root.parent:
             break
         n = parent.name
-        if n and n not in _SKIP_DIRS and not n.startswith(("version_", "offline-run-", "run-")):
+        if (
+            n
+            and n not in _SKIP_DIRS
+            and not n.startswith(("version_", "offline-run-", "run-"))
+            and not _SEED_DIR.fullmatch(n)
+        ):
             names.append(n)
         if parent == root:
             break
@@ -208,8 +220,36 @@ def _load_yaml(path: Path | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _config_seed(config: dict[str, Any] | None) -> int | None:
+    """``seed_everything`` of a saved config (a W&B config nests the CLI's under ``config``)."""
+    if not config:
+        return None
+    seed = config.get("seed_everything")
+    if seed is None and isinstance(config.get("config"), dict):
+        seed = config["config"].get("seed_everything")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def _training_folder(folder: Path, root: Path) -> Path:
+    """The fit's run folder of a logger folder: above ``eval/`` for an evaluation record, else the nearest
+    folder with a ``config.yaml`` (the run folder ``main.py`` writes), else the logger folder itself."""
+    rel = folder.relative_to(root).parts if folder.is_relative_to(root) else ()
+    if _EVAL_DIR in rel:
+        return root.joinpath(*rel[: rel.index(_EVAL_DIR)])
+    found = _nearest(folder, root, "config.yaml")
+    return found.parent if found is not None else folder
+
+
+def _finish_run(run: Run, root: Path) -> Run:
+    train = _training_folder(run.path, root)
+    run.folder = str(train)
+    fit_config = _load_yaml(train / "config.yaml") if (train / "config.yaml").is_file() else None
+    run.seed = _config_seed(fit_config) if fit_config is not None else _config_seed(run.config)
+    return run
+
+
 def find_runs(roots: Sequence[str | os.PathLike]) -> list[Run]:
-    """Every CSV-logger and W&B run under ``roots``."""
+    """Every CSV-logger and W&B run under ``roots``, with its seed and training folder."""
     runs = []
     for root_like in roots:
         root = Path(root_like).resolve()
@@ -219,36 +259,34 @@ def find_runs(roots: Sequence[str | os.PathLike]) -> list[Run]:
             folder = metrics_csv.parent
             config = _load_yaml(_nearest(folder, root, "config.yaml"))
             preds = _predictions_near(folder, root)
-            runs.append(
-                Run(
-                    folder,
-                    _folder_names(folder, root),
-                    read_metrics_csv(metrics_csv),
-                    config,
-                    metrics_csv.stat().st_mtime,
-                    "csv",
-                    preds,
-                )
+            run = Run(
+                folder,
+                _folder_names(folder, root),
+                read_metrics_csv(metrics_csv),
+                config,
+                metrics_csv.stat().st_mtime,
+                "csv",
+                preds,
             )
+            runs.append(_finish_run(run, root))
         for wandb_file in root.rglob("run-*.wandb"):
             folder = wandb_file.parent
             try:
                 metrics, config, name = read_wandb_file(wandb_file)
             except ToolError:
                 continue
-            names = ([name] if name else []) + _folder_names(folder, root)
+            names = _name_candidates(name) + _folder_names(folder, root)
             saved = _load_yaml(_nearest(folder, root, "config.yaml"))
-            runs.append(
-                Run(
-                    folder,
-                    names,
-                    metrics,
-                    saved or config or None,
-                    wandb_file.stat().st_mtime,
-                    "wandb",
-                    _predictions_near(folder, root),
-                )
+            run = Run(
+                folder,
+                names,
+                metrics,
+                saved or config or None,
+                wandb_file.stat().st_mtime,
+                "wandb",
+                _predictions_near(folder, root),
             )
+            runs.append(_finish_run(run, root))
     return runs
 
 
@@ -261,6 +299,81 @@ def _predictions_near(folder: Path, root: Path) -> Path | None:
         if parent == root or (parent / "config.yaml").is_file():
             break
     return None
+
+
+def _name_candidates(name: str | None) -> list[str]:
+    """A W&B run name and the row name inside it: ``row-seed42`` (a fit), ``row-seed42/test-best`` (an
+    evaluation) -> ``[name, "row-seed42", "row"]``."""
+    if not name:
+        return []
+    first = name.split("/")[0]
+    row = re.sub(r"-(seed\d+|unseeded)$", "", first)
+    return list(dict.fromkeys([name, first, row]))
+
+
+# ------------------------------------------------------------------------------------ runs from W&B
+def _plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A W&B run config as a saved ``config.yaml``: the CLI config (logged under ``config``) with the
+    run's other keys (``row``, ``paper``) beside it; ``{"value": x}`` wrappers unwrapped."""
+    config = {
+        k: (v.get("value", v) if isinstance(v, dict) and set(v) <= {"value", "desc"} else v)
+        for k, v in config.items()
+        if not k.startswith("_")
+    }
+    inner = config.get("config")
+    if isinstance(inner, dict) and ("model" in inner or "trainer" in inner):
+        return {**{k: v for k, v in config.items() if k != "config"}, **inner}
+    return config
+
+
+def run_from_api(api_run: Any) -> Run:
+    """One :class:`Run` from a ``wandb.apis.public.Run`` (its name, config and summary metrics).
+
+    Fits and their ``main.py test`` runs share the training key ``wandb:<entity>/<project>/<row-seedN>``
+    (the W&B name before ``/``), as a fit folder and its ``eval/`` records do on disk.
+    """
+    config = _plain_config(dict(api_run.config or {}))
+    metrics = {
+        k: float(v)
+        for k, v in dict(api_run.summary_metrics or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    entity_project = "/".join(api_run.path[:2])
+    row = config.get("row") if isinstance(config.get("row"), dict) else {}
+    names = _name_candidates(api_run.name) + [
+        v for v in (row.get("experiment"), row.get("name")) if isinstance(v, str)
+    ]
+    try:
+        from datetime import datetime
+
+        mtime = datetime.fromisoformat(str(api_run.created_at).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        mtime = 0.0
+    run = Run(Path(f"wandb:{'/'.join(api_run.path)}"), names, metrics, config or None, mtime, "wandb-api")
+    run.seed = _config_seed(config)
+    run.folder = f"wandb:{entity_project}/{(api_run.name or api_run.id).split('/')[0]}"
+    return run
+
+
+def read_wandb_runs(path: str) -> list[Run] | None:
+    """The finished runs of the W&B project ``ENTITY/PROJECT`` through ``wandb.Api()``; ``None`` (and
+    one line on stderr saying why) when W&B cannot be read: offline mode, no account, no network."""
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode in ("offline", "dryrun", "disabled"):
+        print(f"W&B: WANDB_MODE={mode}: --wandb {path} needs the W&B server; skipped", file=sys.stderr)
+        return None
+    if path.count("/") != 1 or not all(path.split("/")):
+        raise ToolError(f"--wandb '{path}': expected ENTITY/PROJECT (e.g. my-team/paperbench)")
+    try:
+        import wandb
+
+        api = wandb.Api(timeout=30)
+        found = [r for r in api.runs(path, filters={"state": "finished"}) if r.state == "finished"]
+    except Exception as err:  # noqa: BLE001 - no key (UsageError), no network, unknown project
+        reason = " ".join(str(err).split()) or type(err).__name__
+        print(f"W&B: cannot read {path} ({reason}); skipped", file=sys.stderr)
+        return None
+    return [run_from_api(r) for r in found]
 
 
 # --------------------------------------------------------------------------------- experiment match
@@ -316,6 +429,52 @@ def assign_experiments(runs: list[Run], known: set[str], experiments_dir: Path) 
     return chosen
 
 
+def _seed_key(seed: int | None) -> tuple[bool, int]:
+    return (seed is None, seed or 0)
+
+
+def group_runs(
+    runs: list[Run], known: set[str], experiments_dir: Path, needed: set[str] | None = None
+) -> dict[str, dict[int | None, Run]]:
+    """Map experiment name -> {seed: run}, seeds sorted.
+
+    The records of one training run (its CSV and W&B loggers, its ``eval/*`` records) are one seed: of
+    them the newest with test metrics is used, as before seeds. Two training runs of one experiment with
+    the same seed are refused (a :class:`ToolError` naming both folders) for the experiments in
+    ``needed`` (all when ``None``); nothing is picked silently.
+    """
+    per_training: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        name = next((n for n in run.names if n in known), None)
+        if name is None and run.config:
+            name = identify_by_config(run.config, experiments_dir)
+        run.experiment = name or (run.names[0] if run.names else None)
+        if run.experiment:
+            per_training[(run.experiment, run.folder or str(run.path))].append(run)
+    groups: dict[str, dict[int | None, Run]] = defaultdict(dict)
+    clashes = []
+    for (name, _), candidates in per_training.items():
+        run = max(candidates, key=lambda r: (any(k.startswith("test/") for k in r.metrics), r.mtime))
+        other = groups[name].get(run.seed)
+        if other is not None:
+            if needed is None or name in needed:
+                clashes.append((name, run.seed, other, run))
+            run = max(other, run, key=lambda r: r.mtime)
+        groups[name][run.seed] = run
+    if clashes:
+        name, seed, a, b = clashes[0]
+        more = f" ({len(clashes) - 1} more such pairs)" if len(clashes) > 1 else ""
+        seed_txt = f"seed {seed}" if seed is not None else "no recorded seed"
+        raise ToolError(
+            f"two runs of '{name}' with {seed_txt}: {a.folder or a.path} and {b.folder or b.path}{more}; "
+            "move or delete one (the report does not pick one of the same seed)"
+        )
+    return {
+        name: dict(sorted(by_seed.items(), key=lambda kv: _seed_key(kv[0])))
+        for name, by_seed in groups.items()
+    }
+
+
 # ------------------------------------------------------------------------------------------- values
 def run_source(run: Run) -> str:
     """The one source of a run's ``best`` column: ``best`` (``test/best/*``), ``test`` (``test/*`` of a
@@ -365,6 +524,55 @@ def run_progress(run: Run) -> str:
 
 
 @dataclass
+class Stats:
+    """Our values of one cell over seeds: ``values`` per seed, mean, sample std (ddof 1) and the 95 %
+    Student-t interval of the mean (``None`` for n = 1)."""
+
+    values: dict[int | None, float]
+    mean: float
+    std: float | None = None
+    ci: tuple[float, float] | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
+def summarize(values: dict[int | None, float]) -> Stats:
+    """Mean, sample std and 95 % t interval (``scipy.stats.ttest_1samp(...).confidence_interval``)."""
+    import numpy as np
+    from scipy import stats
+
+    data = np.array(list(values.values()), dtype=float)
+    out = Stats(dict(values), float(data.mean()))
+    if len(data) > 1:
+        out.std = float(data.std(ddof=1))
+        if out.std == 0.0:  # every seed the same value: the interval is that value
+            out.ci = (out.mean, out.mean)
+        else:
+            ci = stats.ttest_1samp(data, 0.0).confidence_interval(0.95)
+            out.ci = (float(ci.low), float(ci.high))
+    return out
+
+
+_ORIGIN_RANK = {"best": 0, "test": 1, "val": 2}
+
+
+def _seed_stats(
+    by_seed: dict[int | None, Run], metric: str, checkpoint: str
+) -> tuple[Stats | None, str, list]:
+    """Our values of ``metric`` over seeds from one source: the preferred ``best`` > ``test`` > ``val``
+    that any seed has; seeds without a value of that source are returned as left out."""
+    per = {seed: metric_value(run, metric, checkpoint) for seed, run in by_seed.items()}
+    per = {seed: vo for seed, vo in per.items() if vo[0] is not None}
+    if not per:
+        return None, "", []
+    origin = min((o for _, o in per.values()), key=lambda o: _ORIGIN_RANK.get(o, 9))
+    values = {seed: v for seed, (v, o) in per.items() if o == origin}
+    return summarize(values), origin, [seed for seed in by_seed if seed not in values]
+
+
+@dataclass
 class Cell:
     """One published figure and ours."""
 
@@ -381,6 +589,11 @@ class Cell:
     note: str = ""
     unfinished: str = ""  # "epochs run/max_epochs" when the run stopped before max_epochs
     flag: str = ""  # a doubt about the published figure itself (a paper typo, a repeated figure)
+    experiments: str = ""  # the CSV's ``experiment`` (alternatives separated by ``|``)
+    baseline: str = ""  # the CSV's ``baseline``: the rows this row is claimed better than (``;``)
+    best: Stats | None = None  # over seeds, the ``ours`` column
+    last: Stats | None = None  # over seeds, the ``ours_last`` column
+    left_out: list[int | None] = field(default_factory=list)  # seeds without a value of ``origin``
 
     def delta(self) -> str:
         try:
@@ -406,11 +619,14 @@ def build_cells(
     latency: bool = False,
     device: str = "cpu",
 ) -> list[Cell]:
-    """Pair every published figure of ``paper`` with our value (empty when we have no run)."""
+    """Pair every published figure of ``paper`` with our values over seeds (empty when we have no run)."""
     published = read_published(paper)
-    known = {alt for row in published for alt in row["experiment"].split("|") if alt}
-    known |= set(experiment_rows(experiments_dir))
-    chosen = assign_experiments(runs, known, experiments_dir)
+    needed = {alt for row in published for alt in row["experiment"].split("|") if alt}
+    needed |= {
+        alt for row in published for b in row.get("baseline", "").split(";") for alt in b.split("|") if alt
+    }
+    known = needed | set(experiment_rows(experiments_dir))
+    groups = group_runs(runs, known, experiments_dir, needed)
     complexity_cache: dict[str, Any] = {}
     wilcoxon_cache: dict[tuple[str, str], dict[str, Any]] = {}
     cells = []
@@ -423,22 +639,26 @@ def build_cells(
             row["value"],
             note=row.get("note") or "",
             flag=row.get("flag") or "",
+            experiments=row["experiment"],
+            baseline=row.get("baseline") or "",
         )
         alternatives = [a for a in row["experiment"].split("|") if a]
-        run = next((chosen[a] for a in alternatives if a in chosen), None)
+        by_seed = next((groups[a] for a in alternatives if a in groups), None)
         cell.experiment = next(
-            (a for a in alternatives if a in chosen), alternatives[0] if alternatives else ""
+            (a for a in alternatives if a in groups), alternatives[0] if alternatives else ""
         )
         metric = row["metric"]
-        if metric in ("params_m", "gmacs", "latency_ms"):
+        if metric in COMPLEXITY:
             if complexity or (latency and metric == "latency_ms"):
                 _fill_complexity(
                     cell, alternatives, experiments_dir, metric, latency, device, complexity_cache
                 )
         elif metric.startswith(("auc_", "ap_")):
             base_alts = [a for a in row.get("baseline", "").split("|") if a]
-            base = next((chosen[a] for a in base_alts if a in chosen), None)
-            if run is not None and base is not None and run.predictions and base.predictions:
+            base_seeds = next((groups[a] for a in base_alts if a in groups), None)
+            pair = _wilcoxon_pair(by_seed, base_seeds)
+            if pair is not None:
+                run, base, seed_txt = pair
                 key = (str(base.predictions), str(run.predictions))
                 if key not in wilcoxon_cache:
                     from tools.wilcoxon import compare_runs
@@ -448,17 +668,42 @@ def build_cells(
                 field_name = metric.split("_", 1)[1]
                 value = getattr(result, field_name)
                 cell.ours = ("Yes" if value else "No") if field_name == "significant" else f"{value:.4g}"
-                cell.origin, cell.run = "test", f"{base.path} vs {run.path}"
-        elif run is not None:
-            value, origin = metric_value(run, metric)
-            if value is not None:
-                cell.ours, cell.origin, cell.run = f"{value:.2f}", origin, str(run.path)
-                cell.unfinished = run_progress(run)
-            last, _ = metric_value(run, metric, "last")
-            if last is not None:
-                cell.ours_last, cell.run = f"{last:.2f}", str(run.path)
+                cell.origin, cell.run = "test", f"{base.path} vs {run.path}{seed_txt}"
+        elif by_seed:
+            cell.best, cell.origin, cell.left_out = _seed_stats(by_seed, metric, "best")
+            cell.last, _, _ = _seed_stats(by_seed, metric, "last")
+            used = [by_seed[s] for s in (cell.best or cell.last).values] if (cell.best or cell.last) else []
+            if cell.best is not None:
+                cell.ours = f"{cell.best.mean:.2f}"
+                progress = [(r.seed, run_progress(r)) for r in used if run_progress(r)]
+                if len(used) == 1:
+                    cell.unfinished = progress[0][1] if progress else ""
+                else:
+                    cell.unfinished = ", ".join(f"seed {seed}: {p}" for seed, p in progress)
+            if cell.last is not None:
+                cell.ours_last = f"{cell.last.mean:.2f}"
+            cell.run = "; ".join(str(r.path) for r in used)
         cells.append(cell)
     return cells
+
+
+def _wilcoxon_pair(
+    by_seed: dict[int | None, Run] | None, base_seeds: dict[int | None, Run] | None
+) -> tuple[Run, Run, str] | None:
+    """The two runs a Wilcoxon cell compares: of one seed both rows have (the first such with
+    predictions), else the first run with predictions of each; the seed is named when there are several."""
+    if not by_seed or not base_seeds:
+        return None
+    for seed in by_seed:
+        if seed in base_seeds and by_seed[seed].predictions and base_seeds[seed].predictions:
+            several = len(by_seed) > 1 or len(base_seeds) > 1
+            return by_seed[seed], base_seeds[seed], (f" (seed {seed})" if several else "")
+    run = next((r for r in by_seed.values() if r.predictions), None)
+    base = next((r for r in base_seeds.values() if r.predictions), None)
+    if run is None or base is None:
+        return None
+    several = len(by_seed) > 1 or len(base_seeds) > 1
+    return run, base, (f" (seeds {run.seed} vs {base.seed})" if several else "")
 
 
 def _fill_complexity(
@@ -492,18 +737,151 @@ def _fill_complexity(
         return
 
 
+# ------------------------------------------------------------------------------------------- gains
+@dataclass
+class Gain:
+    """A gain the paper claims (``row`` better than ``vs_row`` in one table) and what our seeds say.
+
+    ``gap`` = our mean of the row - our mean of the compared row (``best`` column values), with the 95 %
+    interval and p of a paired t-test by seed (``scipy.stats.ttest_rel``) when both rows have the same
+    seeds, else of Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``).
+    """
+
+    table: str
+    row: str
+    vs_row: str
+    dataset: str
+    metric: str
+    experiment: str
+    vs_experiment: str
+    paper_gap: float | None
+    n: int = 0
+    n_vs: int = 0
+    gap: float | None = None
+    ci: tuple[float, float] | None = None
+    p: float | None = None
+    test: str = ""
+    verdict: str = "n < 2"
+
+
+def _compare(a: Stats, b: Stats) -> tuple[tuple[float, float], float | None, str]:
+    """(95 % interval of the gap, p, test name) of rows ``a`` - ``b`` over seeds (n >= 2 each)."""
+    import numpy as np
+    from scipy import stats
+
+    if set(a.values) == set(b.values) and None not in a.values:
+        seeds = list(a.values)
+        x = np.array([a.values[s] for s in seeds])
+        y = np.array([b.values[s] for s in seeds])
+        result, test = stats.ttest_rel(x, y), "paired t"
+    else:
+        x, y = np.array(list(a.values.values())), np.array(list(b.values.values()))
+        result, test = stats.ttest_ind(x, y, equal_var=False), "Welch t"
+    ci = result.confidence_interval(0.95)
+    low, high, p = float(ci.low), float(ci.high), float(result.pvalue)
+    if math.isnan(low) or math.isnan(high):  # no spread at all in either row: the gap is exact
+        gap = a.mean - b.mean
+        return (gap, gap), None, test
+    return (low, high), (None if math.isnan(p) else p), test
+
+
+def build_gains(cells: list[Cell]) -> list[Gain]:
+    """Every claimed gain of ``cells`` (their ``baseline`` column) with our gap and a verdict:
+    ``supported`` (the 95 % interval of the gap is above 0), ``contradicted`` (below 0), ``not resolved
+    (interval contains 0)``, ``n < 2`` (fewer than two seeds of a row), or ``not comparable`` when the
+    two rows' values come from different sources (e.g. best checkpoint vs validation)."""
+    by_key: dict[tuple[str, str, str], list[Cell]] = defaultdict(list)
+    for c in cells:
+        by_key[(c.table, c.dataset, c.metric)].append(c)
+    gains = []
+    for cell in cells:
+        if not cell.baseline or cell.metric in COMPLEXITY or cell.metric.startswith(("auc_", "ap_")):
+            continue
+        for entry in (e for e in cell.baseline.split(";") if e):
+            alts = set(entry.split("|"))
+            base = next(
+                (
+                    c
+                    for c in by_key[(cell.table, cell.dataset, cell.metric)]
+                    if alts & set(c.experiments.split("|"))
+                ),
+                None,
+            )
+            if base is None:
+                raise ToolError(
+                    f"table {cell.table}, row '{cell.row}': baseline '{entry}' is no row of that table "
+                    f"with {cell.dataset} {cell.metric} in tools/published"
+                )
+            try:
+                paper_gap = float(cell.published) - float(base.published)
+            except ValueError:
+                paper_gap = None
+            gain = Gain(
+                cell.table,
+                cell.row,
+                base.row,
+                cell.dataset,
+                cell.metric,
+                cell.experiment,
+                base.experiment,
+                paper_gap,
+            )
+            a, b = cell.best, base.best
+            gain.n, gain.n_vs = (a.n if a else 0), (b.n if b else 0)
+            if a is not None and b is not None:
+                gain.gap = a.mean - b.mean
+                if cell.origin != base.origin:
+                    gain.verdict = f"not comparable ({cell.origin} vs {base.origin} values)"
+                elif a.n >= 2 and b.n >= 2:
+                    gain.ci, gain.p, gain.test = _compare(a, b)
+                    if gain.ci[0] > 0:
+                        gain.verdict = "supported"
+                    elif gain.ci[1] < 0:
+                        gain.verdict = "contradicted"
+                    else:
+                        gain.verdict = "not resolved (interval contains 0)"
+            gains.append(gain)
+    return gains
+
+
 # ------------------------------------------------------------------------------------------- output
-def to_markdown(cells: list[Cell], paper: str) -> str:
-    """One markdown table per paper table: rows x (dataset, metric, checkpoint), paper / ours columns.
+def _ours_text(stats: Stats | None, fallback: str, several: bool) -> str:
+    """``90.12 ± 0.40 (3) [89.12, 91.12]`` over seeds; the plain value when the table has one seed each."""
+    if stats is None:
+        return fallback or "-"
+    if not several:
+        return fallback
+    if stats.n == 1:
+        return f"{stats.mean:.2f} (1)"
+    low, high = stats.ci
+    return f"{stats.mean:.2f} ± {stats.std:.2f} ({stats.n}) [{low:.2f}, {high:.2f}]"
+
+
+def _gap_text(gain: Gain) -> str:
+    if gain.gap is None:
+        return "-"
+    if gain.ci is None:
+        return f"{gain.gap:+.2f}"
+    return f"{gain.gap:+.2f} [{gain.ci[0]:+.2f}, {gain.ci[1]:+.2f}]"
+
+
+def to_markdown(cells: list[Cell], paper: str, gains: list[Gain] | None = None) -> str:
+    """One markdown table per paper table: rows x (dataset, metric, checkpoint), paper / ours columns,
+    then the table's claimed gains.
 
     Every (dataset, metric) has an ``ours: best`` column (the best-validation checkpoint, or the run's one
     marked other source) and, where any run logged ``test/last/*``, an ``ours: last`` column beside it.
+    A table where some row has several seeds shows ``mean ± std (n) [95 % CI]`` in every ours cell; with one
+    seed per row the cells are the plain values.
     """
+    gains = build_gains(cells) if gains is None else gains
     out = [f"# {PAPERS.get(paper, paper)}", ""]
     tables: dict[str, list[Cell]] = defaultdict(list)
     for cell in cells:
         tables[cell.table].append(cell)
     for table, group in tables.items():
+        several = any(s is not None and s.n > 1 for c in group for s in (c.best, c.last))
+        stat_txt = ", mean ± std (n) [95 % CI]" if several else ""
         with_last = {(c.dataset, c.metric) for c in group if c.ours_last}
         columns = [
             (d, m, ckpt)
@@ -513,7 +891,7 @@ def to_markdown(cells: list[Cell], paper: str) -> str:
         rows = list(dict.fromkeys(c.row for c in group))
         lookup = {(c.row, c.dataset, c.metric): c for c in group}
         header = ["row"] + [
-            (f"{d} {m}" if d != "-" else m) + f" (paper / ours: {ckpt})" for d, m, ckpt in columns
+            (f"{d} {m}" if d != "-" else m) + f" (paper / ours: {ckpt}{stat_txt})" for d, m, ckpt in columns
         ]
         out += [f"## Table {table}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for row in rows:
@@ -523,7 +901,10 @@ def to_markdown(cells: list[Cell], paper: str) -> str:
                 if c is None:
                     cells_txt.append("")
                     continue
-                ours = (c.ours_last if ckpt == "last" else c.ours) or "-"
+                if ckpt == "last":
+                    ours = _ours_text(c.last, c.ours_last, several)
+                else:
+                    ours = _ours_text(c.best, c.ours, several)
                 if ckpt == "best" and c.ours and c.origin in ("val", "test"):
                     ours += f" ({c.origin})"
                 if c.unfinished:
@@ -533,7 +914,14 @@ def to_markdown(cells: list[Cell], paper: str) -> str:
             out.append("| " + " | ".join(cells_txt) + " |")
         notes = sorted({c.note for c in group if c.note})
         notes += sorted({f"[flag] {c.row}, {c.metric} {c.published}: {c.flag}" for c in group if c.flag})
+        notes += [
+            f"{c.row}, {c.dataset} {c.metric}: seed(s) {', '.join(map(str, c.left_out))} left out "
+            f"(no {c.origin} value; the other seeds have one)"
+            for c in group
+            if c.left_out
+        ]
         out += [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
+        out += _gains_markdown(table, [g for g in gains if g.table == table])
     found = sum(1 for c in cells if c.ours)
     out.append(
         f"{found} of {len(cells)} published figures have a value of ours ('-': no finished run found)."
@@ -541,54 +929,160 @@ def to_markdown(cells: list[Cell], paper: str) -> str:
     return "\n".join(out)
 
 
-def write_csv(cells: list[Cell], path: str | os.PathLike) -> None:
-    """Long-format CSV: one line per published figure with ours and the difference."""
+def _gains_markdown(table: str, gains: list[Gain]) -> list[str]:
+    if not gains:
+        return []
+    shown = [g for g in gains if g.n and g.n_vs]
+    out = []
+    if shown:
+        out += [
+            f"### Table {table}: claimed gains (row - compared row, ours over seeds, 95 % CI)",
+            "",
+            "| row | claimed better than | metric | paper gap | our gap [95 % CI] | n | test | verdict |",
+            "|" + " --- |" * 8,
+        ]
+        for g in shown:
+            metric = f"{g.dataset} {g.metric}" if g.dataset != "-" else g.metric
+            paper_gap = f"{g.paper_gap:+.2f}" if g.paper_gap is not None else "n/a"
+            test = g.test + (f", p = {g.p:.3g}" if g.p is not None else "") if g.test else "-"
+            out.append(
+                f"| {g.row} | {g.vs_row} | {metric} | {paper_gap} | {_gap_text(g)} | {g.n} / {g.n_vs} "
+                f"| {test} | {g.verdict} |"
+            )
+        out.append("")
+    missing = len(gains) - len(shown)
+    if missing:
+        out += [f"- Table {table}: {missing} claimed gain(s) lack runs of one row or both (not listed).", ""]
+    return out
+
+
+CSV_COLUMNS = [
+    "table", "row", "dataset", "metric", "published", "ours", "delta", "origin", "ours_last", "experiment",
+    "run", "note", "unfinished", "flag", "n", "mean", "std", "ci_low", "ci_high", "seeds", "left_out",
+    "n_last", "mean_last", "std_last", "ci_low_last", "ci_high_last", "vs_row", "vs_experiment",
+    "paper_gap", "gap", "gap_ci_low", "gap_ci_high", "n_vs", "p", "test", "verdict",
+]  # fmt: skip
+
+
+def long_rows(cells: list[Cell], gains: list[Gain] | None = None) -> list[dict[str, Any]]:
+    """The long format: one line per published figure, or one per (figure, compared row) where the paper
+    claims the row better than others (the ``vs_*``/``gap*``/``p``/``verdict`` columns); numbers as
+    floats, ``None`` where empty."""
+    gains = build_gains(cells) if gains is None else gains
+    by_cell: dict[tuple[str, str, str, str], list[Gain]] = defaultdict(list)
+    for g in gains:
+        by_cell[(g.table, g.row, g.dataset, g.metric)].append(g)
+
+    def stats_cols(st: Stats | None, suffix: str) -> dict[str, Any]:
+        return {
+            f"n{suffix}": st.n if st else None,
+            f"mean{suffix}": st.mean if st else None,
+            f"std{suffix}": st.std if st else None,
+            f"ci_low{suffix}": st.ci[0] if st and st.ci else None,
+            f"ci_high{suffix}": st.ci[1] if st and st.ci else None,
+        }
+
+    rows = []
+    for c in cells:
+        base = {
+            "table": c.table, "row": c.row, "dataset": c.dataset, "metric": c.metric,
+            "published": c.published, "ours": c.ours, "delta": c.delta(), "origin": c.origin,
+            "ours_last": c.ours_last, "experiment": c.experiment, "run": c.run, "note": c.note,
+            "unfinished": c.unfinished, "flag": c.flag, **stats_cols(c.best, ""),
+            "seeds": " ".join(str(s) for s in c.best.values) if c.best else "",
+            "left_out": " ".join(str(s) for s in c.left_out), **stats_cols(c.last, "_last"),
+        }  # fmt: skip
+        for g in by_cell.get((c.table, c.row, c.dataset, c.metric)) or [None]:
+            line = {k: None for k in CSV_COLUMNS} | base
+            if g is not None:
+                line |= {
+                    "vs_row": g.vs_row, "vs_experiment": g.vs_experiment, "paper_gap": g.paper_gap,
+                    "gap": g.gap, "gap_ci_low": g.ci[0] if g.ci else None,
+                    "gap_ci_high": g.ci[1] if g.ci else None, "n_vs": g.n_vs, "p": g.p, "test": g.test,
+                    "verdict": g.verdict,
+                }  # fmt: skip
+            rows.append(line)
+    return rows
+
+
+def write_csv(cells: list[Cell], path: str | os.PathLike, gains: list[Gain] | None = None) -> None:
+    """Long-format CSV (:func:`long_rows`): ours over seeds, the difference, and the claimed gains."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(
-            [
-                "table",
-                "row",
-                "dataset",
-                "metric",
-                "published",
-                "ours",
-                "delta",
-                "origin",
-                "ours_last",
-                "experiment",
-                "run",
-                "note",
-                "unfinished",
-                "flag",
-            ]
-        )
-        for c in cells:
+        writer.writerow(CSV_COLUMNS)
+        for line in long_rows(cells, gains):
             writer.writerow(
-                [
-                    c.table,
-                    c.row,
-                    c.dataset,
-                    c.metric,
-                    c.published,
-                    c.ours,
-                    c.delta(),
-                    c.origin,
-                    c.ours_last,
-                    c.experiment,
-                    c.run,
-                    c.note,
-                    c.unfinished,
-                    c.flag,
-                ]
+                ["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in line.values()]
             )
+
+
+def log_wandb_table(cells: list[Cell], paper: str, project: str, gains: list[Gain] | None = None) -> str:
+    """Log the long-format rows as a W&B Table ``report/<paper>`` (and the gains as
+    ``report/<paper>_gains``): into the active W&B run when there is one (``wandb.run``), else into a new
+    run of ``project`` (``job_type`` report, name ``report-<paper>``; offline without an account, like
+    the training runs). Returns where it went."""
+    import wandb
+
+    gains = build_gains(cells) if gains is None else gains
+    rows = long_rows(cells, gains)
+    table = wandb.Table(columns=CSV_COLUMNS, data=[[_wandb_value(v) for v in r.values()] for r in rows])
+    gain_cols = ["table", "row", "vs_row", "dataset", "metric", "paper_gap", "gap", "gap_ci_low",
+                 "gap_ci_high", "n", "n_vs", "p", "test", "verdict"]  # fmt: skip
+    gain_table = wandb.Table(
+        columns=gain_cols,
+        data=[
+            [g.table, g.row, g.vs_row, g.dataset, g.metric, g.paper_gap, g.gap, g.ci[0] if g.ci else None,
+             g.ci[1] if g.ci else None, g.n, g.n_vs, g.p, g.test, g.verdict]
+            for g in gains
+        ],
+    )  # fmt: skip
+    own = wandb.run is None
+    if own:
+        from lightning_modules.cli import wandb_has_credentials
+
+        mode = None if os.environ.get("WANDB_MODE") or wandb_has_credentials() else "offline"
+        run = wandb.init(
+            project=project, job_type="report", name=f"report-{paper}", mode=mode, config={"paper": paper}
+        )
+    else:
+        run = wandb.run
+    run.log({f"report/{paper}": table, f"report/{paper}_gains": gain_table})
+    where = f"W&B run {run.name} ({run.id})"
+    if own:
+        run.finish()
+    return where
+
+
+def _wandb_value(v: Any) -> Any:
+    return "" if v is None else v
 
 
 def main(argv: Sequence[str] | None = None) -> list[Cell]:
     """Command line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--paper", required=True, choices=sorted(PAPERS))
-    parser.add_argument("--runs", nargs="+", default=["runs"], help="folders holding finished runs")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        help="folders holding finished runs (default: runs, unless --wandb)",
+    )
+    parser.add_argument(
+        "--wandb",
+        nargs="+",
+        default=[],
+        metavar="ENTITY/PROJECT",
+        help="also read the finished runs of these W&B projects (wandb.Api(); needs an account and network)",
+    )
+    parser.add_argument(
+        "--wandb_log",
+        nargs="?",
+        const="paperbench",
+        default=None,
+        metavar="PROJECT",
+        help="log the report as W&B Tables: into the active W&B run, else a new run of PROJECT "
+        "(default paperbench)",
+    )
     parser.add_argument("--experiments", default="experiments", help="experiment YAML folder")
     parser.add_argument("--complexity", action="store_true", help="measure params/MACs of each experiment")
     parser.add_argument("--latency", action="store_true", help="also measure latency (this machine)")
@@ -600,12 +1094,26 @@ def main(argv: Sequence[str] | None = None) -> list[Cell]:
         from tools.common import ROOT
 
         experiments = ROOT / experiments
-    runs = find_runs(args.runs)
+    roots = args.runs if args.runs is not None else ([] if args.wandb else ["runs"])
+    runs = find_runs(roots)
+    read_any = bool(roots)
+    for project in args.wandb:
+        found = read_wandb_runs(project)
+        if found is not None:
+            runs += found
+            read_any = True
+    if not read_any:
+        raise ToolError(
+            "W&B was the only source of runs and could not be read (see above); nothing to report"
+        )
     cells = build_cells(args.paper, runs, experiments, args.complexity, args.latency, args.device)
-    print(to_markdown(cells, args.paper))
+    gains = build_gains(cells)
+    print(to_markdown(cells, args.paper, gains))
     if args.csv:
-        write_csv(cells, args.csv)
+        write_csv(cells, args.csv, gains)
         print(f"wrote {args.csv}")
+    if args.wandb_log is not None:
+        print(f"logged the report to {log_wandb_table(cells, args.paper, args.wandb_log, gains)}")
     return cells
 
 
