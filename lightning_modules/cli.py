@@ -4,10 +4,12 @@ A thin LightningCLI; ``main.py`` only calls :func:`main`. ``experiments/base.yam
 checkpointing, loggers, seed) is always loaded first; experiment files override it. What this file adds:
 
 * ``data.num_classes`` is linked into ``model.init_args.num_classes``;
-* every run gets a folder ``<trainer.default_root_dir>/<name>/`` (the last ``--config`` file's stem unless
-  ``--name`` is given; the layout is in :mod:`lightning_modules.run_folder`): ``fit`` writes its
-  ``config.yaml``, checkpoints and logger files there under a run lock; each evaluation gets its own record
-  ``eval/<subcommand>-<checkpoint>/``;
+* every run gets a folder ``<trainer.default_root_dir>/<name>/seed<N>/`` (the last ``--config`` file's
+  stem unless ``--name`` is given, and the resolved ``seed_everything``; the layout is in
+  :mod:`lightning_modules.run_folder`): ``fit`` writes its ``config.yaml``, checkpoints and logger files
+  there under a run lock; each evaluation gets its own record ``eval/<subcommand>-<checkpoint>/``;
+* a row file's ``row:`` block (paper, tables, label, dataset, published figures; ``--row``,
+  :mod:`lightning_modules.row_info`) names the W&B group, tags and ``paper.*`` config of the run;
 * ``--ckpt_path`` (``last``, ``best`` or a file) is resolved and read before anything is built: a missing or
   unreadable checkpoint, or one of another architecture than the configured model, is one error;
 * W&B runs offline when no W&B account is configured (``wandb sync`` uploads them later); a fit is one W&B
@@ -40,13 +42,18 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning_modules.callbacks import LoggerSaveConfigCallback
 from lightning_modules.config_compose import expand_config_args
 from lightning_modules.prediction_writer import CSVPredictionWriter
+from lightning_modules.row_info import RowInfo, wandb_metadata
 from lightning_modules.run_folder import (
     EVAL_DIR,
     RunLock,
     eval_record_dir,
+    is_run_folder,
+    is_seed_folder,
     read_checkpoint,
     resolve_ckpt_path,
+    resolve_seed,
     run_dir_of_checkpoint,
+    seed_folder,
 )
 from lightning_modules.task import CheckpointMismatchError
 
@@ -105,6 +112,13 @@ class PaperCLI(LightningCLI):
             help="predict: the images under this folder (recursively) instead of the test split.",
         )
         parser.add_argument("--predict_top_k", type=int, default=5, help="predict: classes per CSV row.")
+        parser.add_argument(
+            "--row",
+            type=RowInfo | None,
+            default=None,
+            help="The run's place in its paper (paper, tables, label, dataset, variant, published figures); "
+            "declared once in each row file, sent to every logger (lightning_modules/row_info.py).",
+        )
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     # ------------------------------------------------------------------ parsing
@@ -135,6 +149,9 @@ class PaperCLI(LightningCLI):
         configured at all are the checkpoint's hyper-parameters used (Lightning's behaviour).
         """
         subcommand = self.config.get("subcommand")
+        # the seed first: it names the run folder (<name>/seed<N>/) that `last`/`best` are looked up in
+        where = self.config[subcommand] if subcommand else self.config
+        where.seed_everything = resolve_seed(where.get("seed_everything"))
         if not subcommand:
             return
         cfg = self.config[subcommand]
@@ -330,19 +347,34 @@ def _same_on_all_ranks(make_dir: Any) -> Path:
 
 
 def run_location(cfg) -> tuple[Path, str, Path]:
-    """``(root, name, run folder)``; ``--config runs/X/config.yaml`` of a run means that run, ``runs/X``."""
+    """``(root, name, run folder)``: the run folder is ``<root>/<name>/seed<N>/`` (N: ``seed_everything``).
+
+    ``--config runs/X/seed42/config.yaml`` of a run means that run again (the saved file holds its name,
+    root and seed); the ``config.yaml`` of a run folder of the layout before seeds (``runs/X/``) means
+    that folder.
+    """
     root = Path(cfg.trainer.default_root_dir or "runs")
     name = cfg.get("name")
+    configs = [Path(str(p)) for p in (cfg.get("config") or [])]
+    saved = configs[-1].resolve().parent if configs and configs[-1].name == "config.yaml" else None
+    if saved is not None and is_run_folder(saved) and not is_seed_folder(saved.name):
+        if name in (None, saved.name):  # a run of the one-level layout: that folder, never one below it
+            return saved.parent, saved.name, saved
     if not name:
-        configs = [Path(str(p)) for p in (cfg.get("config") or [])]
-        saved = configs[-1].resolve().parent if configs and configs[-1].name == "config.yaml" else None
-        if saved is not None and ((saved / "checkpoints").is_dir() or (saved / "wandb_id").is_file()):
-            name = saved.name  # the config.yaml of a run (saved before runs stored their name)
+        if saved is not None and is_run_folder(saved):
+            name = saved.parent.name  # the config.yaml of a run (saved before runs stored their name)
         else:
             name = experiment_name(cfg)
-    if root.name == name and (root / "config.yaml").is_file():  # never nest a run in itself: runs/X/X
+    if is_seed_folder(root.name) and (root / "config.yaml").is_file():  # never nest: runs/X/seed1/X/seed1
+        root = root.parent.parent
+    elif root.name == name and (root / "config.yaml").is_file():  # nor runs/X/X
         root = root.parent
-    return root, name, root / name
+    return root, name, root / name / seed_folder(cfg.get("seed_everything"))
+
+
+def run_label(name: str, run_dir: Path) -> str:
+    """The run's name with its seed (``resnet18_cub_ce-seed42``): the W&B run name."""
+    return f"{name}-{run_dir.name}" if is_seed_folder(run_dir.name) else name
 
 
 def experiment_name(cfg) -> str:
@@ -366,12 +398,21 @@ def configure_loggers(
 
     W&B rule: a ``fit`` is one W&B run, its id kept in ``<run>/wandb_id`` and reused by ``--ckpt_path``
     resumes (``test_after_fit`` logs into it too). Every ``test``/``validate``/``predict`` is its own W&B run
-    (a new id, grouped under the run's name, ``job_type`` = the subcommand, files in its record folder), so
-    the fit's id is never shared by several offline folders. A refused command and ``fast_dev_run`` write
-    no id. Returns a new fit id, for the caller to write into ``<run>/wandb_id`` once the fit starts.
+    (a new id, files in its record folder), so the fit's id is never shared by several offline folders.
+    A refused command and ``fast_dev_run`` write no id. Returns a new fit id, for the caller to write into
+    ``<run>/wandb_id`` once the fit starts.
+
+    W&B identity from the ``row:`` block (:func:`lightning_modules.row_info.wandb_metadata`): ``group``
+    ``<paper>/table<N>``, ``tags`` (paper, dataset, tables, loss, variant), ``config.paper.<metric>`` (the
+    published figures) and ``config.row``; ``job_type`` = the subcommand; the run name carries the seed
+    (``<name>-seed42``, an evaluation ``<name>-seed42/<record>``). Evaluations join their row's group too
+    (``job_type`` tells them from the fits); a run without a row groups its evaluations under its name.
+    What the user sets in ``dict_kwargs`` (group, tags, job_type, entity, config keys) or ``name`` wins.
     """
     new_id = None
     run_dir = Path(cfg.trainer.default_root_dir)
+    label = run_label(name, run_dir)
+    meta = wandb_metadata(cfg.get("row"), cfg.get("model"))
     for lg in _iter_logger_cfgs(cfg):
         class_path = str(lg.get("class_path", ""))
         args = lg.init_args
@@ -391,19 +432,23 @@ def configure_loggers(
                     f"wandb sync {save_dir}/wandb/offline-run-*",
                     file=sys.stderr,
                 )
+            extra = dict(lg.get("dict_kwargs") or {})
+            if meta:
+                extra.setdefault("group", meta["group"])
+                extra.setdefault("tags", meta["tags"])
+                extra["config"] = {**meta["config"], **dict(extra.get("config") or {})}
+            extra.setdefault("job_type", subcommand)
             if subcommand == "fit":
-                args.name = args.get("name") or name
+                args.name = args.get("name") or label
                 if args.get("id") is None:
                     args.id = wandb_run_id(run_dir, resuming, write=False)
                     args.resume = "allow"
                     fresh = not (resuming and (run_dir / "wandb_id").is_file())
                     new_id = args.id if fresh and not smoke else None
             else:
-                args.name = args.get("name") or f"{name}/{save_dir.name}"
-                extra = dict(lg.get("dict_kwargs") or {})
+                args.name = args.get("name") or f"{label}/{save_dir.name}"
                 extra.setdefault("group", name)
-                extra.setdefault("job_type", subcommand)
-                lg.dict_kwargs = extra
+            lg.dict_kwargs = extra
         elif class_path.endswith(("CSVLogger", "TensorBoardLogger")):
             if args.get("name") in (None, "lightning_logs"):
                 args.name = "logs"
@@ -602,6 +647,16 @@ def _init_params(class_path: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _is_dataclass_path(class_path: str) -> bool:
+    import dataclasses
+
+    module, _, attr = class_path.rpartition(".")
+    try:
+        return dataclasses.is_dataclass(getattr(importlib.import_module(module), attr))
+    except (ImportError, AttributeError, ValueError):
+        return False
+
+
 def _config_files(argv: Any) -> list[str]:
     argv = [str(a) for a in (argv or [])]
     files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
@@ -636,6 +691,8 @@ def config_key_error(parser: Any, err: Exception, argv: Any) -> ConfigKeyError:
     if unknown:
         leaf = next(g for g in unknown.groups() if g).lstrip("-")
         prefix = f"{top.group(1)}.init_args." if top and classes else ""
+        if top and classes and _is_dataclass_path(classes[0]):  # a dataclass key (row:) has no init_args
+            prefix = f"{top.group(1)}."
         if classes:
             valid = _init_params(classes[0])
             owner = f"arguments of {classes[0]}"

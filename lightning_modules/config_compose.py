@@ -182,12 +182,14 @@ def compose(*paths: str | os.PathLike) -> dict[str, Any]:
 def experiment_rows(experiments_dir: str | os.PathLike) -> dict[str, Path]:
     """Every runnable experiment file under ``experiments_dir`` by its stem (the run name).
 
-    Rows are ``**/*.yaml`` except ``base.yaml`` and the ``_*.yaml`` files rows build on (recipes, datasets).
+    Rows are ``**/*.yaml`` except ``base.yaml``, the ``_*.yaml`` files rows build on (recipes, datasets) and
+    anything under a ``_*/`` folder (``_sweeps/``: W&B sweep files, not configs).
     """
     root = Path(experiments_dir)
     rows: dict[str, Path] = {}
     for path in sorted(root.rglob("*.yaml")):
-        if path.name.startswith("_") or path.relative_to(root).as_posix() == "base.yaml":
+        rel = path.relative_to(root)
+        if any(part.startswith("_") for part in rel.parts) or rel.as_posix() == "base.yaml":
             continue
         if path.stem in rows:
             raise ConfigComposeError(

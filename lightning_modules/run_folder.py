@@ -1,6 +1,8 @@
 """The run folder's lifecycle: what ``--ckpt_path`` means, where evaluations are recorded, the run lock.
 
-A run lives in ``<trainer.default_root_dir>/<name>/``::
+A run lives in ``<trainer.default_root_dir>/<name>/seed<N>/`` (``<name>``: the row, ``N``: the resolved
+``seed_everything``, so the seeds of one row never collide; see :func:`resolve_seed` for ``true``/``null``
+and ``unseeded/`` for ``false``)::
 
     config.yaml            how the model was trained (written by ``fit`` only, never by an evaluation)
     checkpoints/           last.ckpt (end of the latest epoch) and best-epochNNN.ckpt (best validation)
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import socket
 import sys
 import time
@@ -26,6 +29,54 @@ from lightning_modules.safe_load import UnsafeCheckpointError, safe_load
 
 LOCK_NAME = "run.lock"
 EVAL_DIR = "eval"
+UNSEEDED = "unseeded"
+_SEED_DIR = re.compile(r"seed\d+")
+#: Lightning's seed range (lightning.fabric.utilities.seed): a SLURM job id is folded into it
+_MAX_SEED = 4294967295
+
+
+# ------------------------------------------------------------------------------------------- seeds
+def resolve_seed(value: Any) -> int | bool:
+    """The seed a run will use, fixed before its folder is chosen (``seed_everything`` of the config).
+
+    An int is itself; ``false`` stays ``False`` (no seeding: the run goes to ``<name>/unseeded/``).
+    ``true`` and ``null`` mean "pick one" (Lightning's own meaning): ``PL_GLOBAL_SEED`` when set (Lightning
+    sets it when it seeds, and DDP workers inherit it, so every rank picks the launcher's seed), else under
+    SLURM the job id (every ``srun`` rank and a requeue of the job pick the same one), else a random seed
+    from Lightning. The picked seed is written back into the config, so ``config.yaml`` records it.
+    """
+    if value is False:
+        return False
+    if value is True or value is None:
+        env = os.environ.get("PL_GLOBAL_SEED")
+        if env and env.lstrip("-").isdigit():
+            return int(env)
+        job = os.environ.get("SLURM_JOB_ID", "")
+        if job.isdigit():
+            return int(job) % (_MAX_SEED + 1)
+        from lightning.fabric.utilities.seed import _select_seed_randomly
+
+        return int(_select_seed_randomly())
+    return int(value)
+
+
+def seed_folder(seed: Any) -> str:
+    """``seed<N>`` for a seed, ``unseeded`` for ``false``, ``seed<random>`` while not resolved yet."""
+    if seed is False:
+        return UNSEEDED
+    if seed is True or seed is None:
+        return "seed<random>"
+    return f"seed{int(seed)}"
+
+
+def is_seed_folder(name: str) -> bool:
+    """True for the last level of a run folder (``seed42``, ``unseeded``)."""
+    return bool(_SEED_DIR.fullmatch(name)) or name == UNSEEDED
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder a ``fit`` has written into (checkpoints or a W&B id)."""
+    return (path / "checkpoints").is_dir() or (path / "wandb_id").is_file()
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -48,11 +99,21 @@ class RunLockedError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def _near_runs(run_dir: Path) -> str:
-    root = run_dir.parent
+    """Where the runs are: other seeds of this row, or rows with a close name (``<root>/<name>/seed<N>``)."""
+    if not is_seed_folder(run_dir.name):  # a folder of the layout before seeds: <root>/<name>/
+        root, name = run_dir.parent, run_dir.name
+    else:
+        root, name = run_dir.parent.parent, run_dir.parent.name
+        seeds = sorted(p.name for p in run_dir.parent.glob("*") if (p / "checkpoints").is_dir())
+        if seeds:
+            listed = ", ".join(seeds[:8])
+            return f" Seeds of {run_dir.parent} with checkpoints: {listed} (pick one: --seed_everything N)."
     if not root.is_dir():
         return f" ({root} does not exist)"
-    runs = sorted(p.name for p in root.iterdir() if (p / "checkpoints").is_dir())
-    close = difflib.get_close_matches(run_dir.name, runs, n=3, cutoff=0.5)
+    runs = sorted(
+        p.name for p in root.iterdir() if (p / "checkpoints").is_dir() or any(p.glob("*/checkpoints"))
+    )
+    close = difflib.get_close_matches(name, runs, n=3, cutoff=0.5)
     if close:
         return f" Did you mean --name {' or --name '.join(close)}?"
     return f" Runs in {root}: {', '.join(runs[:8])}." if runs else f" {root} holds no run."
@@ -125,7 +186,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def run_dir_of_checkpoint(ckpt_path: str | None) -> Path | None:
-    """``runs/X`` for ``runs/X/checkpoints/<file>.ckpt`` (or ``runs/X/hpc_ckpt_1.ckpt``), else ``None``."""
+    """``runs/X/seed42`` for ``runs/X/seed42/checkpoints/<file>.ckpt``, else ``None``."""
     if not ckpt_path or ckpt_path == "hpc":
         return None
     path = Path(ckpt_path).resolve()

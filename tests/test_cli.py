@@ -77,7 +77,7 @@ def test_run_folder_and_refusal_to_overwrite(monkeypatch, capsys, tmp_path):
     args = ["fit", "--config", QUICKSTART, *FAST, "--trainer.default_root_dir", str(runs)]
     code, _, err = run_main(monkeypatch, capsys, *args)
     assert code == 0, err
-    run_dir = runs / "quickstart"
+    run_dir = runs / "quickstart" / "seed42"  # <row>/seed<N>/ (base.yaml: seed_everything 42)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["model"]["init_args"]["backbone"] == "resnet18"

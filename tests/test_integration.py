@@ -44,7 +44,7 @@ def test_quickstart_end_to_end_with_wandb_offline(tmp_path):
         cwd=tmp_path,
     )
     assert "wandb sync" in proc.stderr  # the user is told how to upload the offline run
-    run_dir = tmp_path / "runs" / "quickstart"
+    run_dir = tmp_path / "runs" / "quickstart" / "seed42"
     assert (run_dir / "config.yaml").is_file()
     assert any(p.name.startswith("best-epoch") for p in (run_dir / "checkpoints").iterdir())
 
@@ -93,7 +93,8 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
         "16",
         cwd=tmp_path,
     )
-    metrics = tmp_path / "runs" / "ddp" / "logs" / "metrics.csv"  # the project CSVLogger: no version_N
+    # the project CSVLogger: no version_N; the run folder is <name>/seed<N>/
+    metrics = tmp_path / "runs" / "ddp" / "seed42" / "logs" / "metrics.csv"
     rows = list(csv.DictReader(metrics.open()))
     assert any(r.get("val/acc1") for r in rows) and any(r.get("test/best/acc1") for r in rows)
     assert any(r.get("test/last/acc1") for r in rows)
@@ -111,7 +112,8 @@ def yaml_load(path: Path):
 def test_quickstart_full_demo_reaches_high_accuracy(tmp_path):
     """The full `make demo` (8 epochs) as shipped."""
     run_cli("fit", "--config", QUICKSTART, "--trainer.enable_progress_bar", "false", cwd=tmp_path)
-    rows = read_run(next((tmp_path / "runs" / "quickstart" / "wandb").glob("offline-run-*/run-*.wandb")))
+    wandb_dir = tmp_path / "runs" / "quickstart" / "seed42" / "wandb"
+    rows = read_run(next(wandb_dir.glob("offline-run-*/run-*.wandb")))
     logged = {k: v for row in rows["history"] for k, v in row.items()}
     assert logged["test/best/acc1"] > 0.9 and logged["test/last/acc1"] > 0.9
 
@@ -151,7 +153,7 @@ def test_ddp_evaluation_sees_every_sample_exactly_once(tmp_path):
         "1",
         cwd=tmp_path,
     )
-    ckpt = str(tmp_path / "runs" / "fit" / "checkpoints" / "last.ckpt")
+    ckpt = str(tmp_path / "runs" / "fit" / "seed42" / "checkpoints" / "last.ckpt")
     results = {}
     for name, devices, strategy in (("single", "1", "auto"), ("ddp", "2", "ddp")):
         run_cli(
@@ -167,7 +169,8 @@ def test_ddp_evaluation_sees_every_sample_exactly_once(tmp_path):
             ckpt,
             cwd=tmp_path,
         )
-        metrics = tmp_path / "runs" / name / "eval" / "test-last" / "logs" / "metrics.csv"  # its own record
+        record = tmp_path / "runs" / name / "seed42" / "eval" / "test-last"  # its own record
+        metrics = record / "logs" / "metrics.csv"
         row = next(r for r in csv.DictReader(metrics.open()) if r.get("test/acc1"))
         results[name] = {k: float(v) for k, v in row.items() if k.startswith("test/") and v}
         predictions = next((tmp_path / "runs" / name).rglob("predictions.npz"))
@@ -222,7 +225,7 @@ def test_real_cifar10_images_loss_goes_down(tmp_path, shared_data):
         str(tmp_path / "cache"),
         cwd=tmp_path,
     )
-    rows = list(csv.DictReader((tmp_path / "runs" / "cifar" / "logs" / "metrics.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "runs" / "cifar" / "seed42" / "logs" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 10
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3

@@ -99,7 +99,7 @@ def test_checkpoint_of_another_class_count_is_one_message(monkeypatch, capsys, t
     ]
     code, _, err = run_main(monkeypatch, capsys, "fit", "--config", QUICKSTART, *fast)
     assert code == 0, err
-    ckpt = str(runs / "quickstart" / "checkpoints" / "last.ckpt")
+    ckpt = str(runs / "quickstart" / "seed42" / "checkpoints" / "last.ckpt")
     folder = build_dataset_fixture("datamodules.ImageFolderDataModule", tmp_path / "data")[
         "root"
     ]  # 3 classes
@@ -186,7 +186,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(_fit_cmd(tmp_path, "whole"), env=env, check=True, capture_output=True, timeout=600)
 
-    ckpt_dir = tmp_path / "killed" / "checkpoints"
+    ckpt_dir = tmp_path / "killed" / "seed42" / "checkpoints"
     proc = subprocess.Popen(
         _fit_cmd(tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -207,7 +207,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
         timeout=600,
     )
     whole, resumed = (
-        _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"),
+        _weights(tmp_path / "whole" / "seed42" / "checkpoints" / "last.ckpt"),
         _weights(ckpt_dir / "last.ckpt"),
     )
     assert whole.keys() == resumed.keys()

@@ -90,15 +90,15 @@ def test_last_ckpt_is_the_latest_epoch_when_validation_stops_improving(monkeypat
         logger=csv_logger,
     )
     assert code == 0, err
-    ckpts = tmp_path / "quickstart" / "checkpoints"
+    ckpts = tmp_path / "quickstart" / "seed42" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
     assert _epoch(ckpts / "last.ckpt") == 2  # Lightning's save_last alone leaves epoch 0 here
-    metrics = tmp_path / "quickstart" / "logs" / "metrics.csv"
+    metrics = tmp_path / "quickstart" / "seed42" / "logs" / "metrics.csv"
     rows = list(csv.DictReader(metrics.open()))
     # issue 13 item 2: both checkpoints tested after fit, under distinct keys, in the fit's logger
     assert any(r.get("test/last/acc1") for r in rows) and any(r.get("test/best/acc1") for r in rows)
-    assert (tmp_path / "quickstart" / "eval" / "test-last" / "predictions.pt").is_file()
-    assert (tmp_path / "quickstart" / "eval" / "test-best" / "predictions.pt").is_file()
+    assert (tmp_path / "quickstart" / "seed42" / "eval" / "test-last" / "predictions.pt").is_file()
+    assert (tmp_path / "quickstart" / "seed42" / "eval" / "test-best" / "predictions.pt").is_file()
 
     code, _, err = _fit(
         monkeypatch, capsys, tmp_path, "--trainer.max_epochs", "4", "--ckpt_path", "last", logger=csv_logger
@@ -170,7 +170,7 @@ def fitted(monkeypatch, capsys, tmp_path):
 
 
 def test_ckpt_path_does_not_silently_replace_model_arguments(fitted, monkeypatch, capsys):
-    ckpt = str(fitted / "quickstart" / "checkpoints" / "last.ckpt")
+    ckpt = str(fitted / "quickstart" / "seed42" / "checkpoints" / "last.ckpt")
     code, _, err = run_main(
         monkeypatch,
         capsys,
@@ -199,13 +199,13 @@ def test_missing_checkpoints_are_errors(monkeypatch, capsys, tmp_path, fitted):
     )
     assert code == 2 and "no such file" in err
     bad = fitted / "truncated.ckpt"
-    bad.write_bytes((fitted / "quickstart" / "checkpoints" / "last.ckpt").read_bytes()[:1000])
+    bad.write_bytes((fitted / "quickstart" / "seed42" / "checkpoints" / "last.ckpt").read_bytes()[:1000])
     code, _, err = run_main(monkeypatch, capsys, "test", *_args(fitted, "--ckpt_path", str(bad)))
     assert code == 2 and "not a readable checkpoint" in err and "weights_only=False" not in err
 
 
 def test_evaluations_never_overwrite_the_fit_record(fitted, monkeypatch, capsys):
-    run = fitted / "quickstart"
+    run = fitted / "quickstart" / "seed42"
     fit_config = (run / "config.yaml").read_bytes()
     for _ in range(2):
         code, _, err = run_main(
@@ -240,7 +240,7 @@ def test_eval_record_names():
 # ---------------------------------------------------------------------------------------------- item 7
 def test_refused_and_smoke_fits_keep_the_wandb_id(fitted, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    run = fitted / "quickstart"
+    run = fitted / "quickstart" / "seed42"
     (run / "wandb_id").write_text("keepme")
     wandb = "lightning.pytorch.loggers.WandbLogger"
     code, _, _ = _fit(monkeypatch, capsys, fitted, "--trainer.max_steps", "1", logger=wandb)
@@ -274,17 +274,18 @@ def test_evaluations_are_their_own_wandb_runs(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- item 8
 def test_second_fit_into_a_locked_run_folder_is_refused(monkeypatch, capsys, tmp_path):
-    lock = RunLock(tmp_path / "quickstart")
+    lock = RunLock(tmp_path / "quickstart" / "seed42")
     lock.acquire()
     try:
         with pytest.raises(RunLockedError):
-            RunLock(tmp_path / "quickstart").acquire()
+            RunLock(tmp_path / "quickstart" / "seed42").acquire()
         code, _, err = _fit(monkeypatch, capsys, tmp_path, "--trainer.max_steps", "1")
         assert code == 2 and "in use by another fit" in err and f"pid={os.getpid()}" in err
-        assert not (tmp_path / "quickstart" / "checkpoints").exists()
+        assert not (tmp_path / "quickstart" / "seed42" / "checkpoints").exists()
     finally:
         lock.release()
-    RunLock(tmp_path / "quickstart").acquire()  # free again (released; a dead holder's flock is gone too)
+    # free again (released; a dead holder's flock is gone too)
+    RunLock(tmp_path / "quickstart" / "seed42").acquire()
 
 
 def test_stale_lock_file_is_taken_over(tmp_path):
@@ -314,7 +315,7 @@ def test_predict_writes_a_csv_for_a_folder_of_images(fitted, monkeypatch, capsys
     (folder / "sub").mkdir(parents=True)
     for i, sub in enumerate(["", "sub"]):
         Image.new("RGB", (20, 20), (i * 90, 10, 10)).save(folder / sub / f"{i}.png")
-    ckpt = str(fitted / "quickstart" / "checkpoints" / "last.ckpt")
+    ckpt = str(fitted / "quickstart" / "seed42" / "checkpoints" / "last.ckpt")
     code, _, err = run_main(
         monkeypatch,
         capsys,
@@ -322,7 +323,7 @@ def test_predict_writes_a_csv_for_a_folder_of_images(fitted, monkeypatch, capsys
         *_args(fitted, "--ckpt_path", ckpt, "--predict_dir", str(folder), "--predict_top_k", "3"),
     )
     assert code == 0, err
-    out_file = fitted / "quickstart" / "eval" / "predict-last" / "predictions.csv"
+    out_file = fitted / "quickstart" / "seed42" / "eval" / "predict-last" / "predictions.csv"
     assert f"predictions: {out_file}" in err
     rows = list(csv.DictReader(out_file.open()))
     assert sorted(Path(r["path"]).name for r in rows) == ["0.png", "1.png"]
@@ -418,8 +419,8 @@ def test_print_config_shows_the_run_folder_and_logger_paths(monkeypatch, capsys,
     args = _args(tmp_path, "--print_config", logger="lightning.pytorch.loggers.CSVLogger")
     code, out, err = run_main(monkeypatch, capsys, "fit", *args)
     assert code == 0, err
-    assert f"# run folder: {tmp_path / 'quickstart'}" in out
-    assert f"# logger CSVLogger: {tmp_path / 'quickstart' / 'logs' / 'metrics.csv'}" in out
+    assert f"# run folder: {tmp_path / 'quickstart' / 'seed42'}" in out
+    assert f"# logger CSVLogger: {tmp_path / 'quickstart' / 'seed42' / 'logs' / 'metrics.csv'}" in out
     assert "backbone: resnet10t" in out and not (tmp_path / "quickstart").exists()  # printed, nothing run
 
 

@@ -92,7 +92,7 @@ def test_sigterm_to_cli_fit_then_same_command_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(_fit_cmd(tmp_path, "whole"), env=env, check=True, capture_output=True, timeout=900)
 
-    run_dir = tmp_path / "cut"
+    run_dir = tmp_path / "cut" / "seed42"  # <name>/seed<N>/
     proc = subprocess.Popen(
         _fit_cmd(tmp_path, "cut"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -110,7 +110,7 @@ def test_sigterm_to_cli_fit_then_same_command_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from the pre-emption checkpoint" in again.stderr
     whole, resumed = (
-        _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"),
+        _weights(tmp_path / "whole" / "seed42" / "checkpoints" / "last.ckpt"),
         _weights(run_dir / "checkpoints" / "last.ckpt"),
     )
     assert whole.keys() == resumed.keys()

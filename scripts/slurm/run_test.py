@@ -325,7 +325,7 @@ def scenario(cluster: Cluster, runs: Path) -> None:
     times["end"] = time.time()
     out = job_output(runs, "whole", job)
     check(info["JobState"] == "COMPLETED" and info.get("ExitCode") == "0:0", f"whole: {info}\n{out[-3000:]}")
-    whole = final_weights(runs / "whole")
+    whole = final_weights(runs / "whole" / "seed42")
     startup = times.get("training", times["end"]) - times.get("running", times["end"])
     train = times["end"] - times.get("training", times["end"])
     log(f"whole: start-up {startup:.0f} s, training {train:.0f} s")
@@ -336,7 +336,7 @@ def scenario(cluster: Cluster, runs: Path) -> None:
     extended = {"done": False}
 
     def note_hpc(info) -> None:
-        seen_hpc.update(p.name for p in (runs / "cut").glob("hpc_ckpt_*.ckpt"))
+        seen_hpc.update(p.name for p in (runs / "cut" / "seed42").glob("hpc_ckpt_*.ckpt"))
         if not extended["done"] and int(info.get("Restarts", "0") or 0) >= 1:
             # requeued once: give the resumed attempt time to finish (a slow machine would loop otherwise)
             cluster.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], check=False)
@@ -360,11 +360,11 @@ def scenario(cluster: Cluster, runs: Path) -> None:
     check("SIGUSR1 received: stopped after" in out and "requeued SLURM job" in out, out[-4000:])
     check("Restoring states from the checkpoint path at" in out and "hpc_ckpt_" in out, "no HPC resume")
     check(bool(seen_hpc) or "hpc_ckpt_1.ckpt" in out, "no HPC checkpoint seen")
-    cut = final_weights(runs / "cut")
+    cut = final_weights(runs / "cut" / "seed42")
     check(cut["global_step"] == whole["global_step"], f"steps {cut['global_step']} != {whole['global_step']}")
     diff = [k for k in whole["state_dict"] if not torch.equal(whole["state_dict"][k], cut["state_dict"][k])]
     check(not diff, f"resumed weights differ from the uninterrupted run's: {diff[:5]}")
-    folders, ids = wandb_ids(runs / "cut")
+    folders, ids = wandb_ids(runs / "cut" / "seed42")
     check(len(folders) == restarts + 1 and len(ids) == 1, f"W&B: {folders} (ids {ids})")
     log(f"cut: requeued {restarts}x, resumed from {sorted(seen_hpc)}, same weights, one W&B run {ids}")
 
