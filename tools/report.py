@@ -439,7 +439,9 @@ def group_runs(
     """Map experiment name -> {seed: run}, seeds sorted.
 
     The records of one training run (its CSV and W&B loggers, its ``eval/*`` records) are one seed: of
-    them the newest with test metrics is used, as before seeds. Two training runs of one experiment with
+    them the one with the most preferred :func:`run_source` is used (the fit's ``test/best/*`` of
+    ``--test_after_fit``, else a ``main.py test`` record, else validation figures), the newest on a tie.
+    Two training runs of one experiment with
     the same seed are refused (a :class:`ToolError` naming both folders) for the experiments in
     ``needed`` (all when ``None``); nothing is picked silently.
     """
@@ -454,7 +456,7 @@ def group_runs(
     groups: dict[str, dict[int | None, Run]] = defaultdict(dict)
     clashes = []
     for (name, _), candidates in per_training.items():
-        run = max(candidates, key=lambda r: (any(k.startswith("test/") for k in r.metrics), r.mtime))
+        run = max(candidates, key=lambda r: (-_SOURCE_RANK[run_source(r)], r.mtime))
         other = groups[name].get(run.seed)
         if other is not None:
             if needed is None or name in needed:
@@ -489,6 +491,7 @@ def run_source(run: Run) -> str:
     return "val"
 
 
+_SOURCE_RANK = {"best": 0, "test": 1, "val_best": 2, "val": 3}
 _SOURCE_KEY = {
     "best": "test/best/{}",
     "last": "test/last/{}",
@@ -1025,7 +1028,7 @@ def log_wandb_table(cells: list[Cell], paper: str, project: str, gains: list[Gai
 
     gains = build_gains(cells) if gains is None else gains
     rows = long_rows(cells, gains)
-    table = wandb.Table(columns=CSV_COLUMNS, data=[[_wandb_value(v) for v in r.values()] for r in rows])
+    table = wandb.Table(columns=CSV_COLUMNS, data=[list(r.values()) for r in rows])
     gain_cols = ["table", "row", "vs_row", "dataset", "metric", "paper_gap", "gap", "gap_ci_low",
                  "gap_ci_high", "n", "n_vs", "p", "test", "verdict"]  # fmt: skip
     gain_table = wandb.Table(
@@ -1040,7 +1043,8 @@ def log_wandb_table(cells: list[Cell], paper: str, project: str, gains: list[Gai
     if own:
         from lightning_modules.cli import wandb_has_credentials
 
-        mode = None if os.environ.get("WANDB_MODE") or wandb_has_credentials() else "offline"
+        # WANDB_MODE wins; without it, online only with an account (as the training runs)
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
         run = wandb.init(
             project=project, job_type="report", name=f"report-{paper}", mode=mode, config={"paper": paper}
         )
@@ -1051,10 +1055,6 @@ def log_wandb_table(cells: list[Cell], paper: str, project: str, gains: list[Gai
     if own:
         run.finish()
     return where
-
-
-def _wandb_value(v: Any) -> Any:
-    return "" if v is None else v
 
 
 def main(argv: Sequence[str] | None = None) -> list[Cell]:
