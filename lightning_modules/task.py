@@ -353,7 +353,8 @@ class ClassificationTask(LightningModule):
         optimizer = self.optimizer_factory(groups)
         scale = self._lr_scale()
         for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * group.get("lr_mult", 1.0) * scale
+            group["reference_lr"] = group["lr"] * group.get("lr_mult", 1.0)  # before the linear scaling rule
+            group["lr"] = group["reference_lr"] * scale
             group["initial_lr"] = group["lr"]
         if self.scheduler_factory is None:
             return optimizer

@@ -14,7 +14,7 @@ from datamodules.digits import DigitsDataModule
 from lightning_modules import ClassificationTask
 from lightning_modules.losses.base import TaskLoss
 from lightning_modules.metrics import build_metrics
-from lightning_modules.schedulers import WarmupCosineLR
+from lightning_modules.schedulers import SchedulerConfigError, WarmupCosineLR
 from lightning_modules.task import UnknownModelError, create_backbone
 
 
@@ -215,6 +215,31 @@ def test_lr_is_scaled_from_the_reference_global_batch(tmp_path):
     trainer, _ = _fit(task, tmp_path, steps=1, accumulate_grad_batches=2)
     # global batch 16 x 1 device x 2 accumulation = 32 -> half of the reference 64
     assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.2)
+    # the lr before scaling, where WarmupReduceLROnPlateau starts its warm-up
+    assert trainer.optimizers[0].param_groups[0]["reference_lr"] == pytest.approx(0.4)
+
+
+def test_warmup_plateau_rises_from_the_reference_lr_then_follows_the_plateau_rule():
+    """FFT's scaled recipe: lr 1e-3 at batch 4 -> 0.016 at batch 64, reached linearly over the warm-up."""
+    from lightning_modules.schedulers import WarmupReduceLROnPlateau
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.016)
+    opt.param_groups[0]["reference_lr"] = 0.001  # what ClassificationTask records before scaling
+    sched = WarmupReduceLROnPlateau(opt, warmup_epochs=3, patience=0, factor=0.1)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(3):  # a worsening loss during warm-up is not counted
+        sched.step(1.0 + len(lrs))
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.001, 0.001 + 0.005, 0.001 + 0.010, 0.016])
+    restored = WarmupReduceLROnPlateau(torch.optim.SGD([w], lr=0.016), warmup_epochs=3, patience=0)
+    restored.load_state_dict(sched.state_dict())
+    for s, o in ((sched, opt), (restored, restored.optimizer)):
+        s.step(1.0)  # first plateau step: best so far
+        s.step(2.0)  # worse, patience 0: x0.1
+        assert o.param_groups[0]["lr"] == pytest.approx(0.0016)
+    with pytest.raises(SchedulerConfigError):
+        WarmupReduceLROnPlateau(opt, warmup_epochs=-1)
 
 
 def test_pretrained_required_refuses_a_random_trunk_unless_none_is_chosen():
