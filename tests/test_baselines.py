@@ -93,6 +93,22 @@ def test_timm_kwargs(name):
         timm.create_model(name, pretrained=True)
 
 
+@pytest.mark.parametrize(
+    ("name", "names"),
+    [
+        ("cvt_13", {"stages.2.cls_token"}),
+        ("conformer_base_patch16", {"cls_token"}),
+        ("hornet_base_7x7", set()),
+        ("vig_b_224", {"pos_embed"}),
+    ],
+)
+def test_no_weight_decay_names_the_tokens_and_embeddings(name, names):
+    """timm's optimiser factory reads ``no_weight_decay()``: class tokens, position embeddings."""
+    model = timm.create_model(name, device="meta")
+    assert model.no_weight_decay() == names
+    assert names <= dict(model.named_parameters()).keys()
+
+
 @pytest.mark.parametrize(("name", "levels"), [("cvt_13", 3), ("hornet_base_7x7", 4)])
 def test_features_only(name, levels):
     model = timm.create_model(name, features_only=True, device="meta")
@@ -118,8 +134,13 @@ def test_knn_graph_is_batched_and_exact():
 
 
 def test_vig_runs_with_fewer_nodes_than_k_times_dilation():
-    """At 32 px there are 4 nodes: the dilated neighbourhoods are capped at the node count."""
-    model = timm.create_model("vig_b_224", num_classes=3).eval()
+    """At 32 px there are 4 nodes: the dilated neighbourhoods are capped at the node count.
+
+    ViG-B's 16 blocks (k 9 -> 18, dilation 1 -> 4, so up to 72 neighbours asked of 4 nodes) at a narrow width.
+    """
+    model = timm.create_model("vig_b_224", num_classes=3, dim=32).eval()
+    last = model.blocks[-1][0].graph_conv
+    assert len(model.blocks) == 16 and (last.k, last.dilation) == (18, 4)
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 3, 32, 32))).all()
 

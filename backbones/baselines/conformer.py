@@ -33,7 +33,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from backbones._factory import build, cfg
+from backbones.baselines._contract import BaselineContract, baseline_cfg, create
 
 _LN = partial(nn.LayerNorm, eps=1e-6)
 
@@ -135,7 +135,7 @@ class ConvTransBlock(nn.Module):
         return x, x_t
 
 
-class Conformer(nn.Module):
+class Conformer(BaselineContract, nn.Module):
     """Conformer: coupled CNN and transformer branches, two classifiers whose logits are summed.
 
     Args:
@@ -146,6 +146,8 @@ class Conformer(nn.Module):
         drop_rate: dropout in the transformer blocks.
         drop_path_rate: stochastic depth of the transformer blocks, linear over depth.
     """
+
+    no_weight_decay_names = ("cls_token",)
 
     def __init__(
         self,
@@ -222,10 +224,6 @@ class Conformer(nn.Module):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return nn.ModuleList([self.conv_cls_head, self.trans_cls_head])
 
@@ -241,10 +239,7 @@ class Conformer(nn.Module):
         x_t = self.trans_patch_conv(x_base).flatten(2).transpose(1, 2)
         x_t = self.trans_1(torch.cat([self.cls_token.expand(b, -1, -1), x_t], dim=1))
         for stage in self.conv_trans:
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x, x_t = torch.utils.checkpoint.checkpoint(stage, x, x_t, use_reentrant=False)
-            else:
-                x, x_t = stage(x, x_t)
+            x, x_t = self.checkpointed(stage, x, x_t)
         cls = self.trans_norm(x_t[:, 0])
         return torch.cat([x, cls[:, :, None, None].expand(-1, -1, *x.shape[-2:])], dim=1)
 
@@ -255,32 +250,19 @@ class Conformer(nn.Module):
             return torch.cat([conv, cls], dim=1)
         return self.conv_cls_head(conv) + self.trans_cls_head(cls)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-_NO_WEIGHTS = (
-    "{}: no downloadable weights are registered for this model; pass a local state dict through the "
-    "task's `pretrained: <file>`."
-)
 
 default_cfgs = generate_default_cfgs(
-    {
-        "conformer_base_patch16": cfg(
-            first_conv="conv1", classifier=("conv_cls_head", "trans_cls_head"), interpolation="bicubic"
-        )
-    }
+    {"conformer_base_patch16": baseline_cfg("conv1", classifier=("conv_cls_head", "trans_cls_head"))}
 )
 
 
 @register_model
 def conformer_base_patch16(pretrained: bool = False, **kwargs: Any) -> Conformer:
     """Conformer-B (81.226 M parameters at 24 classes, MSF-CA Table VIII)."""
-    return build(
+    return create(
         Conformer,
         "conformer_base_patch16",
         pretrained,
-        no_weights=_NO_WEIGHTS.format("conformer_base_patch16"),
         features="its CNN and transformer branches are coupled at every stage; there is no single pyramid",
         **kwargs,
     )

@@ -23,7 +23,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from backbones._factory import build, cfg
+from backbones.baselines._contract import BaselineContract, baseline_cfg, create
 
 
 class ConvEmbed(nn.Module):
@@ -163,7 +163,7 @@ class CvTStage(nn.Module):
         return tokens.transpose(1, 2).reshape(b, c, h, w), cls
 
 
-class CvT(nn.Module):
+class CvT(BaselineContract, nn.Module):
     """Convolutional vision transformer (three :class:`CvTStage`), classified from the last class token.
 
     ``forward_features`` returns the normalised class token ``(B, C)``, as the reference's features.
@@ -192,6 +192,7 @@ class CvT(nn.Module):
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
+        self.no_weight_decay_names = (f"stages.{len(dims) - 1}.cls_token",)
         patches = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
         self.stages = nn.ModuleList()
         chans = in_chans
@@ -218,27 +219,10 @@ class CvT(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def _run_stage(self, stage: CvTStage, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-            return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
-
     def forward_features(self, x: Tensor) -> Tensor:
         cls = None
         for stage in self.stages:
-            x, cls = self._run_stage(stage, x)
+            x, cls = self.checkpointed(stage, x)
         return self.norm(cls)
 
     def forward_intermediates(
@@ -258,7 +242,7 @@ class CvT(nn.Module):
         for i, stage in enumerate(self.stages):
             if stop_early and i > max_index:
                 break
-            x, cls = self._run_stage(stage, x)
+            x, cls = self.checkpointed(stage, x)
             if i in take:
                 intermediates.append(x)
         if intermediates_only:
@@ -269,23 +253,10 @@ class CvT(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-_NO_WEIGHTS = (
-    "{}: no downloadable weights are registered for this model; pass a local state dict through the "
-    "task's `pretrained: <file>`."
-)
 
 default_cfgs = generate_default_cfgs(
     {
-        "cvt_13": cfg(
-            first_conv="stages.0.patch_embed.proj",
-            classifier="head",
-            interpolation="bicubic",
-            pool_size=(1, 1),
-        )
+        "cvt_13": baseline_cfg("stages.0.patch_embed.proj", pool_size=(1, 1)),
     }
 )
 
@@ -293,11 +264,10 @@ default_cfgs = generate_default_cfgs(
 @register_model
 def cvt_13(pretrained: bool = False, **kwargs: Any) -> CvT:
     """CvT-13 (20.0 M parameters / 4.5 GFLOPs at 224 for 1,000 classes; FFT Tables III and IV)."""
-    return build(
+    return create(
         CvT,
         "cvt_13",
         pretrained,
-        no_weights=_NO_WEIGHTS.format("cvt_13"),
         feature_cfg={"feature_cls": "getter", "out_indices": (0, 1, 2)},
         **kwargs,
     )

@@ -23,7 +23,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from backbones._factory import build, cfg
+from backbones.baselines._contract import BaselineContract, baseline_cfg, create
 
 
 class GnConv(nn.Module):
@@ -72,7 +72,7 @@ class HorBlock(nn.Module):
         return x + self.drop_path((self.gamma2 * y).permute(0, 3, 1, 2))
 
 
-class HorNet(nn.Module):
+class HorNet(BaselineContract, nn.Module):
     """HorNet: 4x4/4 stem, four stages of :class:`HorBlock` with 2x2/2 downsampling, LayerNorm + linear head.
 
     Args:
@@ -131,20 +131,6 @@ class HorNet(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def _stage(self, i: int, x: Tensor) -> Tensor:
         x = self.stem(x) if i == 0 else self.downsample[i - 1](x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -184,28 +170,17 @@ class HorNet(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-_NO_WEIGHTS = (
-    "{}: no downloadable weights are registered for this model; pass a local state dict through the "
-    "task's `pretrained: <file>`."
-)
-
-default_cfgs = generate_default_cfgs(
-    {"hornet_base_7x7": cfg(first_conv="stem.0", classifier="head", interpolation="bicubic", crop_pct=0.9)}
-)
+default_cfgs = generate_default_cfgs({"hornet_base_7x7": baseline_cfg("stem.0", crop_pct=0.9)})
 
 
 @register_model
 def hornet_base_7x7(pretrained: bool = False, **kwargs: Any) -> HorNet:
     """HorNet-B with 7x7 depth-wise gnConv (86.256 M parameters at 24 classes, MSF-CA Table VIII)."""
-    return build(
+    return create(
         HorNet,
         "hornet_base_7x7",
         pretrained,
-        no_weights=_NO_WEIGHTS.format("hornet_base_7x7"),
         feature_cfg={"feature_cls": "getter", "out_indices": (0, 1, 2, 3)},
         **kwargs,
     )

@@ -29,7 +29,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from backbones._factory import build, cfg
+from backbones.baselines._contract import BaselineContract, baseline_cfg, create
 
 
 def knn_graph(x: Tensor, k: int, dilation: int) -> Tensor:
@@ -95,7 +95,7 @@ class FFN(nn.Module):
         return x + self.drop_path(self.fc2(self.act(self.fc1(x))))
 
 
-class ViG(nn.Module):
+class ViG(BaselineContract, nn.Module):
     """Isotropic Vision GNN: conv stem (/16) + position embedding, ``depth`` x (Grapher, FFN), conv head.
 
     Args:
@@ -108,6 +108,8 @@ class ViG(nn.Module):
         drop_rate: dropout in the head.
         drop_path_rate: stochastic depth, linear over blocks.
     """
+
+    no_weight_decay_names = ("pos_embed",)
 
     def __init__(
         self,
@@ -164,18 +166,6 @@ class ViG(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
-
     def _embed(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         pos = self.pos_embed
@@ -183,15 +173,10 @@ class ViG(nn.Module):
             pos = F.interpolate(pos, size=x.shape[-2:], mode="bicubic", align_corners=False)
         return x + pos
 
-    def _block(self, blk: nn.Module, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-            return torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-        return blk(x)
-
     def forward_features(self, x: Tensor) -> Tensor:
         x = self._embed(x)
         for blk in self.blocks:
-            x = self._block(blk, x)
+            x = self.checkpointed(blk, x)
         return x
 
     def forward_intermediates(
@@ -212,7 +197,7 @@ class ViG(nn.Module):
         for i, blk in enumerate(self.blocks):
             if stop_early and i > max_index:
                 break
-            x = self._block(blk, x)
+            x = self.checkpointed(blk, x)
             if i in take:
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)
@@ -221,23 +206,10 @@ class ViG(nn.Module):
         x = self.head_hidden(F.adaptive_avg_pool2d(x, 1)).flatten(1)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-_NO_WEIGHTS = (
-    "{}: no downloadable weights are registered for this model; pass a local state dict through the "
-    "task's `pretrained: <file>`."
-)
 
 default_cfgs = generate_default_cfgs(
     {
-        "vig_b_224": cfg(
-            first_conv="stem.0",
-            classifier="head",
-            interpolation="bicubic",
-            pool_size=(1, 1),
-        )
+        "vig_b_224": baseline_cfg("stem.0", pool_size=(1, 1)),
     }
 )
 
@@ -245,11 +217,10 @@ default_cfgs = generate_default_cfgs(
 @register_model
 def vig_b_224(pretrained: bool = False, **kwargs: Any) -> ViG:
     """Isotropic ViG-B (85.8 M parameters at 24 classes, MSF-CA Table VIII)."""
-    return build(
+    return create(
         ViG,
         "vig_b_224",
         pretrained,
-        no_weights=_NO_WEIGHTS.format("vig_b_224"),
         features="isotropic: every block works at one scale (1/16), there is no pyramid",
         **kwargs,
     )
