@@ -31,8 +31,6 @@ LOCK_NAME = "run.lock"
 EVAL_DIR = "eval"
 UNSEEDED = "unseeded"
 _SEED_DIR = re.compile(r"seed\d+")
-#: Lightning's seed range (lightning.fabric.utilities.seed): a SLURM job id is folded into it
-_MAX_SEED = 4294967295
 
 
 # ------------------------------------------------------------------------------------------- seeds
@@ -40,23 +38,15 @@ def resolve_seed(value: Any) -> int | bool:
     """The seed a run will use, fixed before its folder is chosen (``seed_everything`` of the config).
 
     An int is itself; ``false`` stays ``False`` (no seeding: the run goes to ``<name>/unseeded/``).
-    ``true`` and ``null`` mean "pick one" (Lightning's own meaning): ``PL_GLOBAL_SEED`` when set (Lightning
-    sets it when it seeds, and DDP workers inherit it, so every rank picks the launcher's seed), else under
-    SLURM the job id (every ``srun`` rank and a requeue of the job pick the same one), else a random seed
-    from Lightning. The picked seed is written back into the config, so ``config.yaml`` records it.
+    ``true`` and ``null`` resolve as Lightning's own ``seed_everything()`` does (lightning 2.6: not a
+    random seed): ``PL_GLOBAL_SEED`` when set (Lightning sets it when it seeds, DDP workers inherit it),
+    else 0. The result is written back into the config, so ``config.yaml`` records the seed used.
     """
     if value is False:
         return False
     if value is True or value is None:
         env = os.environ.get("PL_GLOBAL_SEED")
-        if env and env.lstrip("-").isdigit():
-            return int(env)
-        job = os.environ.get("SLURM_JOB_ID", "")
-        if job.isdigit():
-            return int(job) % (_MAX_SEED + 1)
-        from lightning.fabric.utilities.seed import _select_seed_randomly
-
-        return int(_select_seed_randomly())
+        return int(env) if env and env.strip().lstrip("-").isdigit() else 0
     return int(value)
 
 
