@@ -290,3 +290,31 @@ def test_every_claimed_gain_names_a_row_of_its_table_the_paper_shows_it_beating(
     cells = report.build_cells(paper, [], Path("experiments"))
     gains = report.build_gains(cells)
     assert len(gains) == claims and all(g.verdict == "n < 2" for g in gains)
+
+
+def test_wandb_log_inside_an_active_run_logs_into_that_run(toy, tmp_path, monkeypatch, capsys):
+    import wandb
+
+    from tests.wandb_records import iter_records
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    runs = toy / "runs"
+    _write_seeds(runs, {"exp_base": {1: 0.9}})
+    outer = wandb.init(project="analysis", name="my-analysis", mode="offline")
+    try:
+        report.main(_args(toy, "--runs", str(runs), "--wandb_log"))
+        assert wandb.run is outer  # the report neither finished it nor started another
+    finally:
+        outer.finish()
+        wandb.teardown()
+    assert "logged the report to W&B run my-analysis" in capsys.readouterr().out
+    (run_file,) = tmp_path.rglob("offline-run-*/run-*.wandb")  # one run only: the active one
+    keys = {
+        item.nested_key[0]
+        for record in iter_records(run_file)
+        if record.WhichOneof("record_type") == "history"
+        for item in record.history.item
+        if item.nested_key
+    }
+    assert {"report/toy", "report/toy_gains"} <= keys

@@ -1,23 +1,40 @@
-"""A paper's result tables with our figures next to the published ones (markdown and CSV).
+"""A paper's result tables with our figures over seeds next to the published ones, and the paper's
+claimed gains tested against our seeds (markdown, long CSV, W&B Table).
 
 ``python -m tools.report --paper acanet --runs runs/`` reads
 
 * the published figures from ``tools/published/<paper>.csv`` (one row per table cell: ``table, row,
   dataset, metric, value, experiment, baseline, note[, flag]``; ``experiment`` names the experiment file
   stem(s) that reproduce the cell, alternatives separated by ``|``, or ``model:<timm name>:<classes>:<size>``
-  for complexity-only cells; ``baseline`` is the other run of a Wilcoxon cell; ``flag`` marks a doubt about
-  the published figure itself, e.g. a paper typo (``value`` then holds the corrected figure and ``flag`` the
-  printed one and why) or a figure repeated from another table; the report marks such cells ``[flag]``);
-* every finished run under the ``--runs`` folders: CSV logger folders (``metrics.csv`` with
-  ``config.yaml`` / ``hparams.yaml`` nearby), and W&B run folders (``wandb/offline-run-*/run-*.wandb``
-  or online ``wandb/run-*/``, read directly, no W&B account needed).
+  for complexity-only cells; ``flag`` marks a doubt about the published figure itself, e.g. a paper typo
+  (``value`` then holds the corrected figure and ``flag`` the printed one and why) or a figure repeated from
+  another table; the report marks such cells ``[flag]``). ``baseline`` is, on a Wilcoxon cell
+  (``auc_*``/``ap_*``), the other run; on any other cell, the rows of the same table this row is claimed
+  better than (``;`` between several), each a gain the paper's text claims and its own figures show;
+* every finished run under the ``--runs`` folders (default ``runs``): CSV logger folders (``metrics.csv``
+  with ``config.yaml`` / ``hparams.yaml`` nearby), and W&B run folders (``wandb/offline-run-*/run-*.wandb``
+  or online ``wandb/run-*/``, read directly, no W&B account needed);
+* with ``--wandb ENTITY/PROJECT``, the finished runs of that W&B project through ``wandb.Api()`` (config,
+  including ``seed_everything`` and ``row``, and summary metrics; fits and their ``main.py test`` runs
+  are told apart by the W&B name ``<row>-seed<N>[/<record>]``). It needs an account and the network:
+  with ``WANDB_MODE=offline``, without an API key or without a connection, one line says so and W&B is
+  skipped (exit code 2 only when W&B was the only source).
 
 A run belongs to the experiment whose file stem is the name of one of its folders (``main.py`` puts a
-run in ``<default_root_dir>/<experiment stem>/``) or its W&B run name; otherwise its saved
-``config.yaml`` is compared with every experiment row (``experiments/**/*.yaml`` composed with its
-``_base_`` files; the row whose ``model`` and ``data`` values all appear in the run's config, the most
-specific one winning). When several runs match
-one experiment, the newest one with test metrics is used.
+run in ``<default_root_dir>/<experiment stem>/seed<N>/``) or its W&B run name (``<stem>-seed<N>``);
+otherwise its saved ``config.yaml`` is compared with every experiment row (``experiments/**/*.yaml``
+composed with its ``_base_`` files; the row whose ``model`` and ``data`` values all appear in the run's
+config, the most specific one winning).
+
+**Seeds.** A run's seed is ``seed_everything`` of its fit's ``config.yaml`` (Lightning writes the resolved
+seed there). The records of one training run (its CSV and W&B loggers, its ``eval/<sub>-<ckpt>/``
+records of ``main.py test``) are one seed; of them the one with the best source below is used (the
+newest on a tie). Two training runs of one experiment with the same seed (e.g. ``runs/`` and a copy
+under ``/other/runs``) are refused with one message naming both folders: move or delete one, nothing
+is picked silently. A cell's ``ours`` is the mean over the row's seeds; with several seeds the table
+shows ``mean ± std (n) [95 % CI]`` (sample std, ddof 1; Student-t interval of the mean,
+``scipy.stats.ttest_1samp(...).confidence_interval``); a table where every row has one seed keeps the
+plain values. The CSV has ``n, mean, std, ci_low, ci_high, seeds`` (and ``*_last``).
 
 Our values of a cell come from one checkpoint each, never mixed: ``fit --test_after_fit`` tests the
 best-validation and the last checkpoint (``test/best/<metric>``, ``test/last/<metric>``), and the report
@@ -26,14 +43,39 @@ shows them in separate columns (``ours: best`` and ``ours: last``; a CSV line ha
 for all of its metrics, marked: ``test/<metric>`` of ``main.py test --ckpt_path`` (``(test)``: the
 checkpoint that command was given), else validation figures (``(val)``: ``val/<metric>_best`` when the run
 logs ``*_best`` keys, else the last epoch's ``val/<metric>``). A metric that source lacks stays empty
-rather than being taken from another checkpoint. Accuracy-like metrics are shown in percent like the papers.
+rather than being taken from another checkpoint; over seeds, the cell uses the best source any seed has
+and names the seeds left out for lacking it. Accuracy-like metrics are shown in percent like the papers.
 ``params_m`` and ``gmacs`` are measured with ``tools.profile`` when ``--complexity`` is given, and
 ``latency_ms`` only with ``--latency`` (hardware-dependent). Wilcoxon cells (``auc_r_plus`` ...) are
-computed from the two runs' ``predictions.pt`` (written by ``TestAnalysis``).
+computed from the two runs' ``predictions.pt`` (written by ``TestAnalysis``), of one seed both rows have
+(named in the cell's run when there are several).
+
+**Claimed gains.** For each ``baseline`` of a non-Wilcoxon cell the report gives our gap (row - compared
+row, ``best`` column), its 95 % interval and a verdict: a paired t-test by seed
+(``scipy.stats.ttest_rel``) when both rows have the same seeds, else Welch's t-test
+(``scipy.stats.ttest_ind(equal_var=False)``); ``supported`` (interval above 0), ``contradicted`` (below
+0), ``not resolved (interval contains 0)``, ``n < 2`` (a row with fewer than two seeds), ``not
+comparable`` (one row's values from another source). The claims in ``tools/published`` come from the
+papers' texts (each claimed cell's ``note`` says where): ACANet Tables 2-3, ACANet vs ResNet-18 per loss
+(not Focal on Cars: the paper calls it poor there) and Table 4, the complete structure vs each ablation;
+MSF-CA Tables I, II, IV, each module vs its baseline (not +PA: "the same accuracy"; not Table IV Top-2
+ties/drops), Table VI the versions the text calls best, Table VIII ours vs every model; FFT Tables III-IV,
+ours vs every model and ResNet18_vit vs ViT and ResNet18_linear, Table V ours vs each ablation;
+TokenFusion Table 1, layer-by-layer channel-wise vs every other row and late vs early fusion (top-1).
+Not claims here: CS-Net (abstract only, no figures), TokenFusion Table 2 (its ResNet-50 row has no
+experiment file) and Table 4 (its claim compares with Table 2, another table).
+
+**Output.** Markdown on stdout (each table, then its claimed gains with runs of both rows); ``--csv``
+writes the long format: one line per published figure, or per (figure, compared row) for a claimed
+cell, with ``vs_row, paper_gap, gap, gap_ci_low, gap_ci_high, n_vs, p, test, verdict``. ``--wandb_log
+[PROJECT]`` logs the same lines as the W&B Table ``report/<paper>`` and the gains as
+``report/<paper>_gains``: into the active W&B run when the report runs inside one (``wandb.run``), else
+into a new run of PROJECT (default ``paperbench``; ``job_type`` report; offline without an account).
 
 Example::
 
     python -m tools.report --paper acanet --runs runs/ --csv acanet_report.csv
+    python -m tools.report --paper msfca --wandb my-team/paperbench --wandb_log
 """
 
 from __future__ import annotations
@@ -413,22 +455,6 @@ def identify_by_config(config: dict[str, Any], experiments_dir: Path) -> str | N
     return best
 
 
-def assign_experiments(runs: list[Run], known: set[str], experiments_dir: Path) -> dict[str, Run]:
-    """Map experiment name -> newest run (runs with test metrics first)."""
-    by_name: dict[str, list[Run]] = defaultdict(list)
-    for run in runs:
-        name = next((n for n in run.names if n in known), None)
-        if name is None and run.config:
-            name = identify_by_config(run.config, experiments_dir)
-        run.experiment = name or (run.names[0] if run.names else None)
-        if run.experiment:
-            by_name[run.experiment].append(run)
-    chosen = {}
-    for name, candidates in by_name.items():
-        chosen[name] = max(candidates, key=lambda r: (any(k.startswith("test/") for k in r.metrics), r.mtime))
-    return chosen
-
-
 def _seed_key(seed: int | None) -> tuple[bool, int]:
     return (seed is None, seed or 0)
 
@@ -798,7 +824,7 @@ def build_gains(cells: list[Cell]) -> list[Gain]:
         by_key[(c.table, c.dataset, c.metric)].append(c)
     gains = []
     for cell in cells:
-        if not cell.baseline or cell.metric in COMPLEXITY or cell.metric.startswith(("auc_", "ap_")):
+        if not cell.baseline or not _per_seed(cell.metric):
             continue
         for entry in (e for e in cell.baseline.split(";") if e):
             alts = set(entry.split("|"))
@@ -860,6 +886,11 @@ def _ours_text(stats: Stats | None, fallback: str, several: bool) -> str:
     return f"{stats.mean:.2f} ± {stats.std:.2f} ({stats.n}) [{low:.2f}, {high:.2f}]"
 
 
+def _per_seed(metric: str) -> bool:
+    """A metric with one value per seed (not a measured complexity or a two-run Wilcoxon figure)."""
+    return metric not in COMPLEXITY and not metric.startswith(("auc_", "ap_"))
+
+
 def _gap_text(gain: Gain) -> str:
     if gain.gap is None:
         return "-"
@@ -894,7 +925,8 @@ def to_markdown(cells: list[Cell], paper: str, gains: list[Gain] | None = None) 
         rows = list(dict.fromkeys(c.row for c in group))
         lookup = {(c.row, c.dataset, c.metric): c for c in group}
         header = ["row"] + [
-            (f"{d} {m}" if d != "-" else m) + f" (paper / ours: {ckpt}{stat_txt})" for d, m, ckpt in columns
+            (f"{d} {m}" if d != "-" else m) + f" (paper / ours: {ckpt}{stat_txt if _per_seed(m) else ''})"
+            for d, m, ckpt in columns
         ]
         out += [f"## Table {table}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for row in rows:
