@@ -90,6 +90,8 @@ class FFT(nn.Module):
         patch_sizes: patch side per used map, fine to coarse; default ``(4, 2, 1)[-num_streams:]``.
         fusion_kernel: K of Eq. 9/15's unfold.
         fusion_norm: LayerNorm on the finer tokens before the fusion projection.
+        fusion_padding: border of the fusion's unfold: ``"zeros"`` (the paper's ``nn.Unfold``) or
+            ``"circular"`` (ours: no implicit position from the fusion; :mod:`backbones.layers.fft_block`).
         use_ram: RAM on every used map (Table V "without ram": ``False``).
         use_pos_embed: position encodings Eq. 19-21 (Table V "without position": ``False``).
         ram_reduction: RAM channel-MLP reduction.
@@ -118,6 +120,7 @@ class FFT(nn.Module):
         patch_sizes: Sequence[int] | None = None,
         fusion_kernel: int = 8,
         fusion_norm: bool = True,
+        fusion_padding: Literal["zeros", "circular"] = "zeros",
         use_ram: bool = True,
         use_pos_embed: bool = True,
         ram_reduction: int = 16,
@@ -134,6 +137,10 @@ class FFT(nn.Module):
         if num_streams not in (1, 2, 3):
             raise ModelConfigError(
                 f"FFT num_streams must be 1, 2 or 3 (ResNet-18's last maps), got {num_streams}"
+            )
+        if fusion_padding not in ("zeros", "circular"):
+            raise ModelConfigError(
+                f"FFT fusion_padding must be 'zeros' or 'circular', got {fusion_padding!r}"
             )
         if global_pool not in ("token", "avg"):
             raise ModelConfigError(f"FFT global_pool must be 'token' or 'avg', got {global_pool!r}")
@@ -202,6 +209,7 @@ class FFT(nn.Module):
                 attn_drop_rate,
                 proj_drop_rate,
                 rates[i],
+                fusion_padding,
             )
             for i in range(depth)
         )

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import backbones  # noqa: F401 - registers the models
+from backbones.errors import ModelConfigError
 from backbones.fft import FFT
 from backbones.layers.fft_block import MultiHeadSelfAttention, StreamFusion
 from backbones.layers.residual_attention import ResidualAttention
@@ -82,6 +83,27 @@ def test_fusion_is_local() -> None:
     out[0, 0].sum().backward()  # token (0, 0) sees finer tokens (0..1, 0..1) with padding 1
     touched = x.grad[0].abs().sum(-1).view(8, 8) > 0
     assert touched[:2, :2].all() and touched.sum() == 4
+
+
+def test_circular_fusion_adds_no_position_of_its_own() -> None:
+    """fusion_padding="circular": rolling the finer grid by one stride rolls the fused tokens by one token
+    (no border marks where a block sits); the paper's zero border breaks this. Same map in every path."""
+    x = torch.randn(2, 64, 6)
+    rolled = x.view(2, 8, 8, 6).roll((2, 2), dims=(1, 2)).reshape(2, 64, 6)  # stride 8 -> 4 is 2
+    outs = {}
+    for padding in ("zeros", "circular"):
+        torch.manual_seed(0)
+        fusion = StreamFusion(6, 5, kernel_size=8, padding=padding)
+        out, out_rolled = fusion(x, (8, 8), (4, 4)), fusion(rolled, (8, 8), (4, 4))
+        torch.testing.assert_close(out, fusion.forward_unfold(x, (8, 8), (4, 4)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out, fusion.forward_conv(x, (8, 8), (4, 4)), rtol=1e-4, atol=1e-5)
+        outs[padding] = out, out_rolled.view(2, 4, 4, 5).roll((-1, -1), dims=(1, 2)).reshape(2, 16, 5)
+    torch.testing.assert_close(*outs["circular"], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(*outs["zeros"], rtol=1e-2, atol=1e-3)
+    with pytest.raises(ValueError, match="circular"):
+        StreamFusion(6, 5, padding="reflect")
+    with pytest.raises(ModelConfigError, match="fusion_padding"):
+        timm.create_model("fft_tiny", fusion_padding="reflect")
 
 
 def test_attention_weights_path_matches_sdpa() -> None:

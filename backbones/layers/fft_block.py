@@ -24,6 +24,11 @@ Choices the paper leaves open, and what we do:
 * **Which layer's Inner tokens** Eq. 9 fuses: it writes ``X_{l-1}`` (the Inner input of layer l). Read
   literally, the Inner and Middle layers of the last block would feed nothing and never train. We follow
   TNT, which Eq. 9 copies: the finer stream's *output* of the same block is fused.
+* **Border of the unfold**: ``nn.Unfold`` zero-pads, and a zero border tells a block where it sits: the
+  fused tokens carry absolute position even without the position encodings (Table V "without position"
+  keeps that implicit position). ``fusion_padding="circular"`` (ours, not in the paper) wraps the grid
+  instead, so the fusion is equivariant to cyclic shifts of the token grid and adds no position of its own
+  (the ResNet-18 trunk's zero-padded convolutions still see the image border); default ``"zeros"``.
 * **Normalisation of the fused tokens**: TNT's equation also shows only ``Vec(X) W + b`` while its code
   applies a LayerNorm before the projection; we do the same (``fusion_norm=True``), switchable.
 * **Attention width**: Table II lists "Patch dim, Mlp dim, Heads" (the vocabulary of lucidrains'
@@ -38,7 +43,7 @@ Choices the paper leaves open, and what we do:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -218,16 +223,37 @@ class StreamFusion(nn.Module):
         dst_dim: width c' of the coarser stream.
         kernel_size: K, the side of the unfolded block (see the module docstring for the choice of 8).
         norm: LayerNorm on the finer tokens before the projection (TNT's code does this).
+        padding: ``"zeros"`` (``nn.Unfold``'s border, the paper) or ``"circular"`` (the grid wraps around:
+            no implicit position from the border; see the module docstring).
     """
 
-    def __init__(self, src_dim: int, dst_dim: int, kernel_size: int = 8, norm: bool = True) -> None:
+    def __init__(
+        self,
+        src_dim: int,
+        dst_dim: int,
+        kernel_size: int = 8,
+        norm: bool = True,
+        padding: Literal["zeros", "circular"] = "zeros",
+    ) -> None:
         super().__init__()
+        if padding not in ("zeros", "circular"):
+            raise ValueError(f"fusion padding must be 'zeros' or 'circular', got {padding!r}")
         self.kernel_size = kernel_size
+        self.padding = padding
         self.norm = nn.LayerNorm(src_dim) if norm else nn.Identity()
         self.proj = nn.Conv2d(src_dim, dst_dim, kernel_size)
         # ViT's trunc-normal(0.02) scaled by 1/K so a block of K*K tokens adds as much as one token would
         trunc_normal_(self.proj.weight, std=0.02 / kernel_size)
         nn.init.zeros_(self.proj.bias)
+
+    def _pad(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+        if self.padding == "zeros":
+            return F.pad(x, pads)
+        if max(pads[:2]) > x.shape[3] or max(pads[2:]) > x.shape[2]:
+            raise ValueError(
+                f"circular fusion padding {pads} is wider than the {x.shape[2]}x{x.shape[3]} token grid"
+            )
+        return F.pad(x, pads, mode="circular")
 
     def forward(self, src: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int]) -> Tensor:
         """Project ``src`` tokens ``(B, h*w, c)`` on ``src_grid`` to ``(B, h'*w', c')`` on ``dst_grid``."""
@@ -236,7 +262,7 @@ class StreamFusion(nn.Module):
         x = self.norm(src).transpose(1, 2).reshape(b, c, h, w)
         sh, top, bottom = _fusion_geometry(h, h2, self.kernel_size)
         sw, left, right = _fusion_geometry(w, w2, self.kernel_size)
-        x = F.pad(x, (left, right, top, bottom))
+        x = self._pad(x, (left, right, top, bottom))
         weight, bias = self.proj.weight, self.proj.bias
         dev = x.device.type
         if torch.is_autocast_enabled(dev):  # what autocast does for F.linear, done before the Function
@@ -251,7 +277,7 @@ class StreamFusion(nn.Module):
         x = self.norm(src).transpose(1, 2).reshape(b, c, h, w)
         sh, top, bottom = _fusion_geometry(h, h2, self.kernel_size)
         sw, left, right = _fusion_geometry(w, w2, self.kernel_size)
-        x = F.pad(x, (left, right, top, bottom))
+        x = self._pad(x, (left, right, top, bottom))
         x = F.conv2d(x, self.proj.weight, self.proj.bias, stride=(sh, sw))[:, :, :h2, :w2]
         return x.flatten(2).transpose(1, 2)
 
@@ -262,7 +288,7 @@ class StreamFusion(nn.Module):
         x = self.norm(src).transpose(1, 2).reshape(b, c, h, w)
         sh, top, bottom = _fusion_geometry(h, h2, self.kernel_size)
         sw, left, right = _fusion_geometry(w, w2, self.kernel_size)
-        x = F.pad(x, (left, right, top, bottom))
+        x = self._pad(x, (left, right, top, bottom))
         oh = (x.shape[2] - self.kernel_size) // sh + 1
         ow = (x.shape[3] - self.kernel_size) // sw + 1
         blocks = F.unfold(x, self.kernel_size, stride=(sh, sw))  # (B, c*K*K, oh*ow): Vec of each block
@@ -284,6 +310,7 @@ class FFTBlock(nn.Module):
         mlp_dim: MLP hidden width (all streams).
         fusion_kernel: K of the unfold in Eq. 9/15.
         fusion_norm: LayerNorm before the fusion projection.
+        fusion_padding: border of the fusion's unfold, ``"zeros"`` (paper) or ``"circular"``.
         attn_drop: attention-weight dropout.
         proj_drop: projection/MLP dropout.
         drop_path: stochastic depth rate of this block.
@@ -300,13 +327,15 @@ class FFTBlock(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         drop_path: float = 0.0,
+        fusion_padding: Literal["zeros", "circular"] = "zeros",
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             TransformerLayer(d, num_heads, head_dim, mlp_dim, attn_drop, proj_drop, drop_path) for d in dims
         )
         self.fusions = nn.ModuleList(
-            StreamFusion(dims[i - 1], dims[i], fusion_kernel, fusion_norm) for i in range(1, len(dims))
+            StreamFusion(dims[i - 1], dims[i], fusion_kernel, fusion_norm, fusion_padding)
+            for i in range(1, len(dims))
         )
 
     def forward(
