@@ -323,7 +323,7 @@ def find_runs(roots: Sequence[str | os.PathLike]) -> list[Run]:
                 folder,
                 names,
                 metrics,
-                saved or config or None,
+                saved or _plain_config(config) or None,
                 wandb_file.stat().st_mtime,
                 "wandb",
                 _predictions_near(folder, root),
