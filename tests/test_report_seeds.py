@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,16 @@ def test_wandb_log_inside_an_active_run_logs_into_that_run(toy, tmp_path, monkey
         if item.nested_key
     }
     assert {"report/toy", "report/toy_gains"} <= keys
+
+
+def test_wilcoxon_predictions_are_the_best_checkpoints_of_a_seed(tmp_path):
+    # test_after_fit writes eval/test-best/ then eval/test-last/ (newer): the best column's is used
+    folder = tmp_path / "runs" / "exp_base" / "seed1"
+    _fit_run(folder, 1, 0.9)
+    for age, record in ((100, "test-best"), (0, "test-last")):
+        (folder / "eval" / record).mkdir(parents=True)
+        (folder / "eval" / record / "predictions.pt").write_bytes(b"")
+        when = (folder / "config.yaml").stat().st_mtime - age
+        os.utime(folder / "eval" / record / "predictions.pt", (when, when))
+    (run,) = report.find_runs([tmp_path / "runs"])
+    assert run.predictions == folder / "eval" / "test-best" / "predictions.pt"

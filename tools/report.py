@@ -333,9 +333,13 @@ def find_runs(roots: Sequence[str | os.PathLike]) -> list[Run]:
 
 
 def _predictions_near(folder: Path, root: Path) -> Path | None:
-    """The newest ``predictions.pt`` in the run folder (the nearest ancestor that holds a config or preds)."""
+    """The ``predictions.pt`` of the run folder (the nearest ancestor that holds a config or preds): the
+    best checkpoint's (``eval/test-best/``, as the ``best`` column) when ``test_after_fit`` wrote both,
+    else the newest."""
     for parent in [folder, *folder.parents]:
-        found = sorted(parent.rglob("predictions.pt"), key=lambda p: p.stat().st_mtime)
+        found = sorted(
+            parent.rglob("predictions.pt"), key=lambda p: (p.parent.name == "test-best", p.stat().st_mtime)
+        )
         if found:
             return found[-1]
         if parent == root or (parent / "config.yaml").is_file():
