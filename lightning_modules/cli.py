@@ -408,6 +408,7 @@ def configure_loggers(
     (``<name>-seed42``, an evaluation ``<name>-seed42/<record>``). Evaluations join their row's group too
     (``job_type`` tells them from the fits); a run without a row groups its evaluations under its name.
     What the user sets in ``dict_kwargs`` (group, tags, job_type, entity, config keys) or ``name`` wins.
+    Under a W&B sweep agent (``WANDB_SWEEP_ID`` set) a fit takes the agent's ``WANDB_RUN_ID``.
     """
     new_id = None
     run_dir = Path(cfg.trainer.default_root_dir)
@@ -441,7 +442,9 @@ def configure_loggers(
             if subcommand == "fit":
                 args.name = args.get("name") or label
                 if args.get("id") is None:
-                    args.id = wandb_run_id(run_dir, resuming, write=False)
+                    # under a W&B sweep agent the run must be the one the agent announced (WANDB_RUN_ID)
+                    agent_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+                    args.id = agent_id or wandb_run_id(run_dir, resuming, write=False)
                     args.resume = "allow"
                     fresh = not (resuming and (run_dir / "wandb_id").is_file())
                     new_id = args.id if fresh and not smoke else None

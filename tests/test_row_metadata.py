@@ -265,3 +265,124 @@ def test_offline_fit_of_a_row_carries_it_in_wandb_and_csv_files(monkeypatch, cap
     assert config["seed_everything"] == 3
     hparams = yaml.safe_load((run_dir / "logs" / "hparams.yaml").read_text())
     assert hparams["config"]["row"]["published"] == {"acc1": 52.5}
+
+
+# ------------------------------------------------------------------------------------------- sweeps
+SWEEPS = sorted((EXPERIMENTS / "_sweeps").glob("*.yaml"))
+
+
+def _agent_command(sweep: dict, values: dict) -> list[str]:
+    """The command line a W&B agent runs for one grid point: wandb's own macro code, then the agent's
+    expansion of ``${...}`` (wandb/wandb_agent.py ``_command_run``)."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    command = sweep_utils.create_sweep_command(list(sweep["command"]))
+    macros = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    macros.update(interpreter=["python"], program=[sweep["program"]], env=["/usr/bin/env"])
+    out: list[str] = []
+    for part in map(str, command):
+        out += macros.get(part[2:-1]) or [] if part.startswith("${") and part.endswith("}") else [part]
+    return out
+
+
+def test_sweep_files_name_only_existing_rows_of_their_table():
+    assert SWEEPS, "no sweep files: run `python -m scripts.row_blocks`"
+    names = {p.stem for p in SWEEPS}
+    assert {"acanet_table2", "acanet_table3", "msfca_tableIII", "tokenfusion_table1"} <= names
+    for path in SWEEPS:
+        sweep = yaml.safe_load(path.read_text())
+        paper, table = path.stem.split("_table")
+        assert sweep["method"] == "grid" and sweep["program"] == "main.py"
+        assert sweep["metric"] == {"name": "val/acc1", "goal": "maximize"}
+        assert sweep["parameters"]["seed_everything"]["values"] == [0, 1, 2]
+        assert "${args}" in sweep["command"] and "fit" in sweep["command"]
+        rows = sweep["parameters"]["config"]["values"]
+        assert rows and len(set(rows)) == len(rows)
+        for row in rows:
+            file = cli.ROOT / row
+            assert file.is_file() and file.parent.name == paper, (path.name, row)
+            named = {
+                s for r in _csv(paper) if r["table"] == table for s in (r.get("baseline") or "").split("|")
+            }
+            assert table in read_yaml(file)["row"]["tables"] or file.stem in named, (path.name, row)
+
+
+def test_sweep_files_pass_wandbs_sweep_engine():
+    """wandb's sweep engine (``sweeps``, the ``wandb[sweeps]`` extra; not installed by default: its
+    metadata pins numpy<2) validates the config against W&B's schema and enumerates the grid offline."""
+    sweeps = pytest.importorskip("sweeps")
+    from sweeps.config import SweepConfig
+
+    for path in SWEEPS:
+        config = SweepConfig(yaml.safe_load(path.read_text()))
+        runs: list = []
+        while (point := sweeps.next_run(config, runs)) is not None:
+            point.state = sweeps.RunState.finished
+            runs.append(point)
+        assert len(runs) == 3 * len(config["parameters"]["config"]["values"]), path.name
+    from jsonschema import ValidationError  # installed with sweeps
+
+    with pytest.raises(ValidationError):  # the check can fail
+        SweepConfig({"method": "grdi", "parameters": {"x": {"values": [1]}}})
+
+
+def test_a_sweep_command_line_parses_through_the_real_cli(monkeypatch, capsys):
+    sweep = yaml.safe_load((EXPERIMENTS / "_sweeps" / "acanet_table2.yaml").read_text())
+    row = sweep["parameters"]["config"]["values"][0]
+    command = _agent_command(sweep, {"config": row, "seed_everything": 1})
+    assert command[:4] == ["/usr/bin/env", "python", "main.py", "fit"]
+    assert command[4:] == [f"--config={row}", "--seed_everything=1"]
+    monkeypatch.chdir(cli.ROOT)  # the agent runs from the repository root (the paths are relative to it)
+    code, out, err = run_main(monkeypatch, capsys, *command[3:], "--print_config")
+    assert code == 0, err
+    assert f"# run folder: {Path('runs') / Path(row).stem / 'seed1'}" in out and "seed_everything: 1" in out
+
+
+def test_under_a_sweep_agent_the_fit_takes_the_agents_run_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sw33p")
+    monkeypatch.setenv("WANDB_RUN_ID", "agentrun1")
+    fit = _wandb_cfg(tmp_path)
+    new_id = cli.configure_loggers(fit, tmp_path / "r" / "seed7", "r", resuming=False, subcommand="fit")
+    assert fit.trainer.logger.init_args.id == new_id == "agentrun1"
+    monkeypatch.delenv("WANDB_SWEEP_ID")  # a WANDB_RUN_ID alone (no agent) is not taken
+    fit = _wandb_cfg(tmp_path)
+    assert (
+        cli.configure_loggers(fit, tmp_path / "r" / "seed7", "r", resuming=False, subcommand="fit")
+        != "agentrun1"
+    )
+
+
+# ------------------------------------------------------------------------------------------- tools.seeds
+def test_seeds_loop_dry_run_and_bad_input(capsys, tmp_path):
+    from tools import seeds
+
+    row = str(EXPERIMENTS / "acanet" / "resnet18_cub_ce.yaml")
+    assert seeds.main([row, "--seeds", "0", "1", "2", "--dry_run", "--", "--trainer.max_epochs", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for seed, line in zip((0, 1, 2), lines):
+        assert line.endswith(f"fit --config {row} --seed_everything {seed} --trainer.max_epochs 5"), line
+    assert seeds.main([str(tmp_path / "nope.yaml"), "--seeds", "0", "--dry_run"]) == 2
+    assert "no such experiment file" in capsys.readouterr().err
+    assert seeds.main([row, "--seeds", "1", "1", "--dry_run"]) == 2
+
+
+@pytest.mark.slow  # two main.py processes (imports + a 1-step fit each): ~15 s on 2 busy cores
+def test_seeds_loop_runs_each_seed_and_stops_at_the_first_failure(tmp_path, capfd):
+    import os
+
+    from tools import seeds
+
+    fast = ["--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.logger", "false"]
+    fast += ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--test_after_fit", "false"]
+    fast += ["--model.init_args.backbone", "resnet10t", "--data.init_args.image_size", "16"]
+    fast += ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    quick = str(EXPERIMENTS / "quickstart.yaml")
+    assert seeds.main([quick, "--seeds", "5", "--", *fast]) == 0
+    assert (tmp_path / "runs" / "quickstart" / "seed5" / "checkpoints" / "last.ckpt").is_file()
+    # seed 5 again is refused by main.py (exit 2): the loop stops there, seed 6 never starts
+    assert seeds.main([quick, "--seeds", "5", "6", "--", *fast]) == 2
+    err = capfd.readouterr().err
+    assert "run 1 of 2 failed with exit code 2" in err and "1 not started" in err
+    assert not (tmp_path / "runs" / "quickstart" / "seed6").exists()
