@@ -182,8 +182,10 @@ def test_report_reads_finished_runs_from_the_wandb_api(toy, monkeypatch, capsys)
         def __init__(self, timeout=None):
             pass
 
-        def runs(self, path, filters=None):
-            asked.update(path=path, filters=filters)
+        def runs(
+            self, path=None, filters=None, order="+created_at", per_page=50, include_sweeps=False, lazy=True
+        ):
+            asked.update(path=path, filters=filters, lazy=lazy)
             return [
                 *(FakeApiRun(f"exp_base-seed{s}", s, v) for s, v in SEEDS["exp_base"].items()),
                 *(FakeApiRun(f"exp_better-seed{s}", s, v) for s, v in SEEDS["exp_better"].items()),
@@ -194,7 +196,7 @@ def test_report_reads_finished_runs_from_the_wandb_api(toy, monkeypatch, capsys)
     monkeypatch.setattr(wandb, "Api", FakeApi)
     report.main(_args(toy, "--wandb", "team/proj"))
     out = capsys.readouterr().out
-    assert asked == {"path": "team/proj", "filters": {"state": "finished"}}
+    assert asked == {"path": "team/proj", "filters": {"state": "finished"}, "lazy": False}
     assert "| Better | 92.00 / 93.00 ± 0.40 (3) [92.01, 93.99] |" in out
     assert "| Better | Base | ds acc1 | +2.00 | +3.00 [+2.75, +3.25] | 3 / 3 | paired t" in out
 

@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import math
 import os
@@ -414,7 +415,9 @@ def read_wandb_runs(path: str) -> list[Run] | None:
         import wandb
 
         api = wandb.Api(timeout=30)
-        found = [r for r in api.runs(path, filters={"state": "finished"}) if r.state == "finished"]
+        # lazy=False (wandb >= 0.21): config and summary come with the listing, not one request per run
+        eager = {"lazy": False} if "lazy" in inspect.signature(api.runs).parameters else {}
+        found = [r for r in api.runs(path, filters={"state": "finished"}, **eager) if r.state == "finished"]
     except Exception as err:  # noqa: BLE001 - no key (UsageError), no network, unknown project
         reason = " ".join(str(err).split()) or type(err).__name__
         print(f"W&B: cannot read {path} ({reason}); skipped", file=sys.stderr)
