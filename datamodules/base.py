@@ -447,6 +447,12 @@ class ClassificationDataModule(L.LightningDataModule):
         vflip: probability of a vertical flip.
         rotation: maximum rotation in degrees (0 = off).
         color_jitter: brightness/contrast/saturation jitter strength (0 = off).
+        timm_train_transform: if set, the training pipeline is timm's ``timm.data.create_transform(
+            is_training=True)`` with these keyword arguments (e.g. DeiT's ``auto_augment:
+            rand-m9-mstd0.5-inc1``, ``interpolation: bicubic``, ``re_prob: 0.25``, ``re_mode: pixel``),
+            and ``image_size``, ``scale``, ``hflip``, ``vflip``, ``mean``, ``std`` from this datamodule; it
+            needs ``train_crop: random_resized`` and no ``rotation``/``color_jitter`` of ours (timm's own
+            ``color_jitter`` key is one of its arguments). Evaluation is unchanged.
         mean: per-channel normalisation mean (on 0..1 pixels).
         std: per-channel normalisation standard deviation.
         pin_memory: pin host memory (only used when CUDA is available).
@@ -484,6 +490,7 @@ class ClassificationDataModule(L.LightningDataModule):
         vflip: float = 0.0,
         rotation: float = 0.0,
         color_jitter: float = 0.0,
+        timm_train_transform: dict[str, Any] | None = None,
         mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
         std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
         pin_memory: bool = True,
@@ -541,6 +548,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.vflip = vflip
         self.rotation = rotation
         self.color_jitter = color_jitter
+        self.timm_train_transform = dict(timm_train_transform) if timm_train_transform else None
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.pin_memory = pin_memory
@@ -562,9 +570,46 @@ class ClassificationDataModule(L.LightningDataModule):
     def _finish(self) -> list[Any]:
         return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(self.mean), std=list(self.std))]
 
+    def _timm_transform(self) -> Any:
+        """timm's training pipeline (``timm_train_transform``), after a conversion of any input to PIL."""
+        from timm.data import create_transform
+
+        kwargs = self.timm_train_transform or {}
+        ours = {"input_size", "is_training", "mean", "std", "scale", "hflip", "vflip"} & set(kwargs)
+        if ours:
+            raise DataConfigError(
+                f"timm_train_transform: {sorted(ours)} come from the datamodule's own arguments "
+                "(image_size, scale, hflip, vflip, mean, std); set them there"
+            )
+        if self.train_crop != "random_resized" or self.rotation or self.color_jitter:
+            raise DataConfigError(
+                "timm_train_transform replaces the training pipeline (timm's RandomResizedCrop and its "
+                "augmentations): use train_crop: random_resized and rotation: 0, color_jitter: 0 (timm's "
+                f"color_jitter is a key of timm_train_transform); got train_crop {self.train_crop!r}, "
+                f"rotation {self.rotation}, color_jitter {self.color_jitter}"
+            )
+        try:
+            timm_ops = create_transform(
+                self.image_size,
+                is_training=True,
+                scale=self.scale,
+                hflip=self.hflip,
+                vflip=self.vflip,
+                mean=self.mean,
+                std=self.std,
+                **kwargs,
+            )
+        except TypeError as err:
+            raise DataConfigError(
+                f"timm_train_transform: {err} (keys: timm.data.create_transform's)"
+            ) from None
+        return v2.Compose([v2.ToPILImage(), timm_ops])  # timm's transforms read PIL images
+
     def build_train_transform(self) -> v2.Compose:
         """The training pipeline built from the augmentation arguments (input: PIL, ndarray HWC or
         CHW tensor)."""
+        if self.timm_train_transform:
+            return self._timm_transform()
         size = self.image_size
         ops: list[Any] = [v2.ToImage()]
         if self.train_crop == "random_resized":

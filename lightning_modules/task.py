@@ -94,6 +94,12 @@ class ClassificationTask(LightningModule):
             (``batch_size x devices x num_nodes x accumulate_grad_batches``). ``None``: use it as written.
         ema_decay: if set, keep an exponential moving average of the weights (Lightning's
             ``EMAWeightAveraging``), used for validation, test and the saved checkpoints.
+        mixup: if set, keyword arguments of ``timm.data.Mixup`` (``mixup_alpha``, ``cutmix_alpha``, ``prob``,
+            ``switch_prob``, ``mode``, ``label_smoothing``; ``num_classes`` is the task's): every training
+            batch is mixed by timm and the loss is timm's ``SoftTargetCrossEntropy`` on the mixed targets
+            (DeiT's recipe). ``label_smoothing`` defaults to the task's. Needs the plain cross-entropy
+            (no ``loss``); an odd batch drops its last image (timm mixes a batch with its flip); no
+            ``train/acc1`` is logged (mixed images have no single label). Validation/test are unchanged.
         metrics: metric names logged at validation and test (see :mod:`lightning_modules.metrics`).
         channels_last: run the backbone and inputs in NHWC memory format (faster convs with AMP on GPUs).
         compile: wrap the backbone in ``torch.compile`` when fitting.
@@ -116,6 +122,7 @@ class ClassificationTask(LightningModule):
         no_weight_decay_1d: bool = False,
         lr_reference_batch_size: int | None = None,
         ema_decay: float | None = None,
+        mixup: dict[str, Any] | None = None,
         metrics: list[str] | None = None,
         channels_last: bool = False,
         compile: bool = False,
@@ -150,6 +157,7 @@ class ClassificationTask(LightningModule):
             # margin losses (A-Softmax, CosFace, COCO, L-GM) own the classifier: the backbone's head is
             # unused, and parameters without gradients would break DDP
             self.backbone.get_classifier().requires_grad_(False)
+        self.mixup_fn = self._build_mixup(mixup, num_classes, label_smoothing)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         if channels_last:
@@ -165,6 +173,25 @@ class ClassificationTask(LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_acc1_best = MaxMetric()
+
+    def _build_mixup(self, mixup: dict[str, Any] | None, num_classes: int, smoothing: float) -> Any:
+        if not mixup:
+            return None
+        if isinstance(self.loss, TaskLoss) or not isinstance(self.loss, nn.CrossEntropyLoss):
+            raise TaskConfigError(
+                f"mixup trains with timm's SoftTargetCrossEntropy: it replaces the cross-entropy, not "
+                f"{type(self.loss).__name__}; remove model.init_args.loss or mixup"
+            )
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        kwargs = {"label_smoothing": smoothing, **mixup, "num_classes": num_classes}
+        try:
+            fn = Mixup(**kwargs)
+        except TypeError as err:
+            raise TaskConfigError(f"mixup: {err} (keys: timm.data.Mixup's arguments)") from None
+        self.soft_target_loss = SoftTargetCrossEntropy()
+        return fn
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
@@ -190,6 +217,8 @@ class ClassificationTask(LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        if self.mixup_fn is not None:
+            return self._mixup_step(x, y)
         outputs = self.forward_outputs(x)
         losses = compute_loss(self.loss, outputs, y)
         loss = losses["loss"]
@@ -203,10 +232,24 @@ class ClassificationTask(LightningModule):
                 self.log(f"train/loss_{name}", value.detach(), on_step=True, batch_size=y.shape[0])
         return loss
 
+    def _mixup_step(self, x: Tensor, y: Tensor) -> Tensor:
+        if x.shape[0] % 2:  # timm mixes each image with its mirror in the batch
+            x, y = x[:-1], y[:-1]
+        if x.shape[0] == 0:
+            raise TaskConfigError("mixup needs training batches of at least 2 images")
+        x, soft = self.mixup_fn(x, y)
+        loss = self.soft_target_loss(self.forward_outputs(x)["logits"], soft)
+        self.train_loss(loss.detach())
+        self.log(
+            "train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=y.shape[0]
+        )
+        return loss
+
     def on_train_epoch_end(self) -> None:
         # values are already reduced across ranks by torchmetrics; sync_dist only keeps Lightning from warning
         self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
-        self.log_dict(self.train_acc.compute(), sync_dist=True)
+        if self.mixup_fn is None:  # mixed images have no single label to be right about
+            self.log_dict(self.train_acc.compute(), sync_dist=True)
         self.train_loss.reset()
         self.train_acc.reset()
 

@@ -323,6 +323,35 @@ def test_tiny_imagenet_uses_val_as_test_and_sorted_wnids(tmp_path):
     assert dm.class_names[0].startswith("goldfish")
 
 
+def test_timm_train_transform_is_timms_pipeline_with_our_size_and_normalisation():
+    """DeiT's augmentation comes from timm.data.create_transform, fed the datamodule's own settings."""
+    from timm.data.auto_augment import RandAugment
+    from timm.data.random_erasing import RandomErasing
+
+    deit = {"auto_augment": "rand-m9-mstd0.5-inc1", "interpolation": "bicubic", "re_prob": 0.25}
+    dm = CIFAR10DataModule(
+        root="unused", image_size=24, train_crop="random_resized", timm_train_transform=deit
+    )
+    steps = list(dm.train_transform.transforms[1].transforms)
+    assert any(isinstance(t, RandAugment) for t in steps)
+    erasing = next(t for t in steps if isinstance(t, RandomErasing))
+    assert erasing.probability == 0.25
+    normalize = next(t for t in steps if type(t).__name__ == "Normalize")
+    assert normalize.mean.tolist() == pytest.approx(list(dm.mean))
+    image = Image.fromarray(np.zeros((40, 48, 3), dtype=np.uint8))
+    for given in (image, np.asarray(image), torch.zeros(3, 40, 48, dtype=torch.uint8)):
+        assert dm.train_transform(given).shape == (3, 24, 24)
+    assert dm.eval_transform(image).shape == (3, 24, 24)  # evaluation is unchanged
+    for bad, match in (
+        ({"train_crop": "random"}, "train_crop"),
+        ({"train_crop": "random_resized", "rotation": 15}, "rotation"),
+        ({"train_crop": "random_resized", "timm_train_transform": {"mean": [0, 0, 0]}}, "mean"),
+        ({"train_crop": "random_resized", "timm_train_transform": {"auto_augmnt": "x"}}, "create_transform"),
+    ):
+        with pytest.raises(DataConfigError, match=match):
+            CIFAR10DataModule(root="unused", **{"timm_train_transform": deit, **bad})
+
+
 def test_tiny_imagenet_refuses_a_tree_without_200_wnids(tmp_path):
     """A partial copy (3 of the 200 classes) is refused, naming wnids.txt, not trained as a 3-way task."""
     dm = make("datamodules.TinyImageNetDataModule", tmp_path, val_split="test")

@@ -261,6 +261,22 @@ def test_missing_base_stops_the_cli_with_one_message(tmp_path: Path):
     assert found is not None and "_gone.yaml" in str(found) and "row.yaml" in str(found)
 
 
+def test_deit_recipe_is_a_named_alternative_for_tokenfusion_rows():
+    """`--config <row> --config _recipe_deit.yaml`: timm's RandAugment/erasing pipeline and Mixup task."""
+    from timm.data.auto_augment import RandAugment
+
+    deit = EXPERIMENTS_DIR / "tokenfusion" / "_recipe_deit.yaml"
+    row = ROWS["tokenfusion_late_imagenet_token"]
+    with torch.device("meta"):
+        built = cli.cli_main(args=["--config", str(row), "--config", str(deit), *SMOKE], run=False)
+    assert built.model.mixup_fn is not None and built.model.mixup_fn.cutmix_alpha == 1.0
+    steps = built.datamodule.train_transform.transforms[1].transforms
+    assert any(isinstance(t, RandAugment) for t in steps)
+    with torch.device("meta"):
+        paper = cli.cli_main(args=["--config", str(row), *SMOKE], run=False)
+    assert paper.model.mixup_fn is None and paper.datamodule.rotation == 15  # the table row: the paper's
+
+
 def test_tools_build_composed_rows():
     """The analysis tools read a row through the same composition (tools.common -> the project's CLI)."""
     from tools.common import instantiate_from_config

@@ -15,7 +15,7 @@ from lightning_modules import ClassificationTask
 from lightning_modules.losses.base import TaskLoss
 from lightning_modules.metrics import build_metrics
 from lightning_modules.schedulers import SchedulerConfigError, WarmupCosineLR
-from lightning_modules.task import UnknownModelError, create_backbone
+from lightning_modules.task import TaskConfigError, UnknownModelError, create_backbone
 
 
 def sgd(lr: float = 0.1):
@@ -240,6 +240,25 @@ def test_warmup_plateau_rises_from_the_reference_lr_then_follows_the_plateau_rul
         assert o.param_groups[0]["lr"] == pytest.approx(0.0016)
     with pytest.raises(SchedulerConfigError):
         WarmupReduceLROnPlateau(opt, warmup_epochs=-1)
+
+
+def test_mixup_trains_on_timm_soft_targets(tmp_path):
+    """DeiT's Mixup/CutMix (timm.data.Mixup + SoftTargetCrossEntropy): the loss sees mixed soft targets."""
+    from timm.data import Mixup
+
+    task = tiny_task(mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0}, label_smoothing=0.1)
+    assert isinstance(task.mixup_fn, Mixup) and task.mixup_fn.label_smoothing == 0.1
+    seen = []
+    task.soft_target_loss.register_forward_hook(lambda m, args, out: seen.append(args[1].detach()))
+    trainer, _ = _fit(task, tmp_path, steps=2)
+    assert len(seen) == 2 and seen[0].shape == (16, 10)
+    assert torch.allclose(seen[0].sum(-1), torch.ones(16))  # a distribution per image ...
+    assert (seen[0].max(-1).values < 1.0).all()  # ... never one-hot (smoothing + a mix of two labels)
+    assert "train/loss_epoch" in trainer.callback_metrics and "train/acc1" not in trainer.callback_metrics
+    with pytest.raises(TaskConfigError, match="SoftTargetCrossEntropy"):
+        tiny_task(mixup={"mixup_alpha": 0.8}, loss=torch.nn.MSELoss())
+    with pytest.raises(TaskConfigError, match="mixup"):
+        tiny_task(mixup={"mixup_alpah": 0.8})
 
 
 def test_pretrained_required_refuses_a_random_trunk_unless_none_is_chosen():
