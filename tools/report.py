@@ -474,9 +474,9 @@ def group_runs(
     The records of one training run (its CSV and W&B loggers, its ``eval/*`` records) are one seed: of
     them the one with the most preferred :func:`run_source` is used (the fit's ``test/best/*`` of
     ``--test_after_fit``, else a ``main.py test`` record, else validation figures), the newest on a tie.
-    Two training runs of one experiment with
-    the same seed are refused (a :class:`ToolError` naming both folders) for the experiments in
-    ``needed`` (all when ``None``); nothing is picked silently.
+    Two training runs of one experiment with the same seed (or both without a recorded seed) are refused
+    (a :class:`ToolError` naming both folders) for the experiments in ``needed`` (all when ``None``);
+    nothing is picked silently.
     """
     per_training: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
