@@ -1,6 +1,6 @@
 """Write the test-analysis files (tables and figures) again from a saved ``predictions.pt``/``.npz``.
 
-``python -m tools.analysis runs/X/predictions.pt --out /tmp/X_analysis`` writes what the
+``python -m tools.analysis runs/X/seed42/eval/test-best/predictions.pt --out /tmp/X_analysis`` writes what the
 :class:`~lightning_modules.analysis.TestAnalysis` callback writes at test time.
 """
 

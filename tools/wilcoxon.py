@@ -19,8 +19,8 @@ p = 0.3795, paper 0.3792); ``--method exact`` or ``auto`` use scipy's other meth
 
 Example::
 
-    python -m tools.wilcoxon runs/msfca50_ceramic_baseline/predictions.pt \\
-        runs/msfca50_ceramic_msf/predictions.pt --names Baseline "+Cross Scale"
+    python -m tools.wilcoxon runs/msfca50_baseline_ceramic/seed42/eval/test-best/predictions.pt \\
+        runs/msfca50_msf_ceramic/seed42/eval/test-best/predictions.pt --names Baseline "+Cross Scale"
 """
 
 from __future__ import annotations
