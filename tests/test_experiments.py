@@ -54,38 +54,30 @@ def _composed(path: Path) -> dict:
     return compose(path)
 
 
-def _family(path: Path) -> str:
-    """Model family of an experiment: the backbone name's leading letters (acanet, fft, vgg, resnet, ...)."""
-    backbone = _composed(path).get("model", {}).get("init_args", {}).get("backbone", "resnet18")
-    return re.match(r"[a-z]*", backbone).group(0)
-
-
-# the cheapest representative where a family's first file is a heavy model (FFT-Base: 271 M parameters)
-PREFERRED = {"fft": "fft_tiny_cifar10", "vgg": "vgg16_cub_mcloss"}
-# families with no small row (81-86 M-parameter comparison models): their contract runs at reduced width in
-# tests/test_baselines.py; their rows are fitted by the slow suite's test_smoke_fit_every_experiment
-HEAVY_ONLY = {"conformer", "hornet", "vig"}
-
-
 def _data_class(path: Path) -> str:
     return _composed(path).get("data", {}).get("class_path", "")
 
 
-def _default_smoke_set() -> set[str]:
-    """The first file of each model family, plus the first file of each datamodule not yet covered."""
-    chosen: dict[str, Path] = {fam: ROWS[stem] for fam, stem in PREFERRED.items()}
-    for path in EXPERIMENTS:
-        if _family(path) not in HEAVY_ONLY:
-            chosen.setdefault(_family(path), path)
-    covered = {_data_class(p) for p in chosen.values()}
-    for path in EXPERIMENTS:
-        if _data_class(path) not in covered:
-            chosen[path.name] = path
-            covered.add(_data_class(path))
-    return {p.name for p in chosen.values()}
+# The default suite fits one cheap row per paper recipe (and the non-paper rows): the recipe's optimiser,
+# scheduler, loss and task settings run end to end through the CLI. Every datamodule is fitted on its
+# fixture in tests/test_datamodules.py, every model family's forward/backward runs in
+# tests/test_registry_contract.py, and every row is instantiated and smoke-fitted under `make test-slow`.
+DEFAULT_SMOKE = {
+    "acanet": "acanet_cub.yaml",  # README's example: ACANet-18 + MC-Loss (reference head), CUB
+    "acanet/margin": "resnet18_cars_asoftmax.yaml",  # a margin loss that owns the classifier
+    "csnet": "csnet50_cub.yaml",
+    "fft": "fft_tiny_cifar10.yaml",
+    "msfca": "msfca50_ceramic.yaml",
+    "tokenfusion": "tokenfusion_late_imagenet_token.yaml",
+    "quickstart": "quickstart.yaml",
+}
+DEFAULT_SMOKE_FILES = set(DEFAULT_SMOKE.values())
 
 
-DEFAULT_SMOKE = _default_smoke_set()
+def test_default_smoke_fits_cover_every_paper_recipe():
+    chosen = {ROWS[name.removesuffix(".yaml")] for name in DEFAULT_SMOKE_FILES}  # KeyError: a renamed row
+    for folder in PAPERS:
+        assert any(EXPERIMENTS_DIR / folder / "_recipe.yaml" in config_chain(p) for p in chosen), folder
 
 
 def _header(path: Path) -> str:
@@ -212,8 +204,7 @@ def test_resolved_config_matches_snapshot_every_row(parser):
 
 
 # ------------------------------------------------------------------------------------------ building
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
-def test_experiment_parses_and_instantiates(path: Path):
+def check_instantiates(path: Path) -> None:
     with torch.device("meta"):
         built = cli.cli_main(args=["--config", str(path), *SMOKE], run=False)
     assert built.datamodule.num_classes >= 2
@@ -223,6 +214,26 @@ def test_experiment_parses_and_instantiates(path: Path):
         assert out_features == built.datamodule.num_classes  # data.num_classes is linked into the model
     dumped = yaml.safe_load(built.parser.dump(built.config, skip_none=False))  # what --print_config prints
     assert dumped["model"]["class_path"] == "lightning_modules.ClassificationTask"
+
+
+# one row per recipe x dataset chain in the default suite (plus the smoke rows), every row under -m slow
+INSTANTIATE_DEFAULT = sorted(
+    {p for p in _one_row_per_chain() if p in EXPERIMENTS}
+    | {p for p in EXPERIMENTS if p.name in DEFAULT_SMOKE_FILES}
+)
+
+
+@pytest.mark.parametrize("path", INSTANTIATE_DEFAULT, ids=lambda p: p.stem)
+def test_experiment_parses_and_instantiates(path: Path):
+    check_instantiates(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path", [p for p in EXPERIMENTS if p not in INSTANTIATE_DEFAULT], ids=lambda p: p.stem
+)
+def test_experiment_parses_and_instantiates_every_row(path: Path):
+    check_instantiates(path)
 
 
 def test_print_config_flag_works(tmp_path):
@@ -337,14 +348,16 @@ def smoke_fit(path: Path, tmp_path: Path) -> None:
     assert loss is not None and torch.isfinite(loss), f"{path.name}: train/loss {loss}"
 
 
-@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.name in DEFAULT_SMOKE], ids=lambda p: p.stem)
-def test_smoke_fit_one_per_family_and_datamodule(path: Path, tmp_path: Path):
+@pytest.mark.parametrize(
+    "path", [p for p in EXPERIMENTS if p.name in DEFAULT_SMOKE_FILES], ids=lambda p: p.stem
+)
+def test_smoke_fit_one_per_recipe(path: Path, tmp_path: Path):
     smoke_fit(path, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "path", [p for p in EXPERIMENTS if p.name not in DEFAULT_SMOKE], ids=lambda p: p.stem
+    "path", [p for p in EXPERIMENTS if p.name not in DEFAULT_SMOKE_FILES], ids=lambda p: p.stem
 )
 def test_smoke_fit_every_experiment(path: Path, tmp_path: Path):
     smoke_fit(path, tmp_path)

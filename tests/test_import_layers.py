@@ -60,52 +60,67 @@ def test_no_import_statement_reaches_up(layer):
 _BLOCKED_IMPORT = """
 import importlib, pkgutil, sys
 
-BLOCKED = set(sys.argv[2].split(","))
+# argv: one "layer=blocked1,blocked2" phase per layer, lowest layer first. torch/timm/lightning are imported
+# once; the project's own modules are dropped from sys.modules between phases, so every layer is imported
+# afresh and an upward import inside it goes through the finder below.
+PROJECT = {"backbones", "datamodules", "lightning_modules", "tools", "benchmarks", "main"}
+blocked, layer = set(), None
 
 class Refuse:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is a layer above {sys.argv[1]}")
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"{name} is a layer above {layer}")
         return None
 
 sys.meta_path.insert(0, Refuse())
-package = importlib.import_module(sys.argv[1])
-for info in pkgutil.walk_packages(package.__path__, sys.argv[1] + "."):
-    if info.name.endswith("__main__"):
-        continue
-    importlib.import_module(info.name)
-print("ok")
+for phase in sys.argv[1:]:
+    layer, _, names = phase.partition("=")
+    for mod in [m for m in sys.modules if m.split(".")[0] in PROJECT]:
+        del sys.modules[mod]
+    blocked = set(names.split(","))
+    package = importlib.import_module(layer)
+    for info in pkgutil.walk_packages(package.__path__, layer + "."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    print("ok", layer)
 """
 
 
-@pytest.mark.parametrize("layer", ["backbones", "datamodules", "lightning_modules"])
-def test_layer_imports_with_the_layers_above_blocked(layer):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    blocked = ",".join(sorted(FORBIDDEN[layer]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _BLOCKED_IMPORT, layer, blocked],
-        cwd=ROOT,
-        env=env,
+def _run_blocked(phases: list[str], cwd: Path, pythonpath: Path, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCKED_IMPORT, *phases],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(pythonpath)},
         capture_output=True,
         text=True,
-        timeout=600,  # a loaded machine can take minutes to import torch + timm + lightning
+        timeout=timeout,
     )
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+RUNTIME_LAYERS = ["backbones", "datamodules", "lightning_modules"]
+
+
+def test_layers_import_with_the_layers_above_blocked():
+    """Every module of each layer imports in one fresh interpreter while the layers above it are refused."""
+    phases = [f"{layer}={','.join(sorted(FORBIDDEN[layer]))}" for layer in RUNTIME_LAYERS]
+    # a loaded machine can take minutes to import torch + timm + lightning
+    proc = _run_blocked(phases, ROOT, ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [w for layer in RUNTIME_LAYERS for w in ("ok", layer)], proc.stdout
 
 
 def test_blocker_refuses_an_upward_import(tmp_path):
-    """The runtime check can fail: a module that imports a blocked package is refused."""
-    pkg = tmp_path / "lowlayer"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "bad.py").write_text("import json\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-c", _BLOCKED_IMPORT, "lowlayer", "json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode != 0 and "is a layer above lowlayer" in proc.stderr
+    """The runtime check can fail: a module importing a blocked package is refused, also in a later phase
+    whose lower layer was already imported (the project's modules are dropped from the cache between)."""
+    low = tmp_path / "backbones"
+    low.mkdir()
+    (low / "__init__.py").write_text("")
+    (low / "bad.py").write_text("import json\n")
+    proc = _run_blocked(["backbones=json"], tmp_path, tmp_path, timeout=120)
+    assert proc.returncode != 0 and "json is a layer above backbones" in proc.stderr
+    (low / "bad.py").write_text("")
+    (tmp_path / "datamodules").mkdir()
+    (tmp_path / "datamodules" / "__init__.py").write_text("import backbones.bad\n")
+    proc = _run_blocked(["backbones=json", "datamodules=backbones"], tmp_path, tmp_path, timeout=120)
+    assert proc.stdout.split() == ["ok", "backbones"], proc.stdout
+    assert proc.returncode != 0 and "backbones is a layer above datamodules" in proc.stderr

@@ -39,6 +39,7 @@ def test_every_paper_family_registers_its_own_models():
     """Each paper module registers models, and each name builds that module's own class (not a timm model)."""
     for fam in ("acanet", "msfca", "fft", "csnet", "tokenfusion"):
         assert f"backbones.{fam}" in FAMILIES, f"backbones/{fam}.py registers no model"
+    assert HEAVY_FAMILIES <= set(FAMILIES)  # the slow-only list names real families
     for name in OURS:
         model = timm.create_model(name, num_classes=NUM_CLASSES, device="meta")
         assert type(model).__module__.startswith("backbones."), (name, type(model))
@@ -77,7 +78,21 @@ def check_contract(name: str) -> None:
     assert out.shape == (2, 3) and torch.isfinite(out.float()).all()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# families whose smallest registered model is ViT-B/ResNet-50-x4 sized (81-132 M parameters): a full-width
+# contract is a minute of CPU each, so it runs under -m slow; their reduced-width contract (same classes, a
+# few M parameters) is in the default suite (tests/test_baselines.py, tests/test_tokenfusion.py)
+HEAVY_FAMILIES = {
+    "backbones.baselines.conformer",
+    "backbones.baselines.hornet",
+    "backbones.baselines.vig",
+    "backbones.tokenfusion",
+}
+
+
+@pytest.mark.parametrize(
+    "family",
+    [pytest.param(f, marks=pytest.mark.slow) if f in HEAVY_FAMILIES else f for f in FAMILIES],
+)
 def test_model_contract(family: str):
     """Default suite: the smallest model of each family (the others run under ``-m slow``)."""
     check_contract(smallest(family))
