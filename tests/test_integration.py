@@ -63,6 +63,7 @@ def test_quickstart_end_to_end_with_wandb_offline(tmp_path):
     assert (run_dir / "wandb_id").read_text().strip() in run_file.name
 
 
+@pytest.mark.slow  # CLI launches of 2 gloo processes; real DDP in the default suite: test_ddp_equivalence
 def test_ddp_two_cpu_processes_gloo(tmp_path):
     """A real 2-process DDP fit on CPU (gloo) through the CLI, logging to CSV."""
     run_cli(
@@ -118,6 +119,7 @@ def test_quickstart_full_demo_reaches_high_accuracy(tmp_path):
     assert logged["test/best/acc1"] > 0.9 and logged["test/last/acc1"] > 0.9
 
 
+@pytest.mark.slow  # CLI launches of 2 gloo processes; real DDP in the default suite: test_ddp_equivalence
 def test_ddp_evaluation_sees_every_sample_exactly_once(tmp_path):
     """2-process DDP test on an odd-sized split (359 images) gives the single-process metrics exactly.
 

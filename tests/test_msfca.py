@@ -339,7 +339,14 @@ def _zero_by_construction(model: nn.Module) -> set[str]:
     return {n for n, _ in model.named_parameters() if n.endswith(".pa.key.bias")}
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+# default suite: the full model, the baseline and both combined orders (every module: MSF, PA, CA, serial
+# and parallel); the single-module variants, whose modules those combine, run under -m slow
+DEFAULT_CONTRACT = {"msfca50", "msfca50_baseline", "msfca50_msf_pca_serial", "msfca50_msf_pca_parallel"}
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in DEFAULT_CONTRACT else pytest.param(n, marks=pytest.mark.slow) for n in VARIANTS]
+)
 def test_contract_reduced_width(name: str) -> None:
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=7, **TINY)

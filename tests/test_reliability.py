@@ -180,6 +180,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow  # three CLI fits (about a minute); exact resume from last.ckpt: tests/test_run_lifecycle.py
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     """Kill -9 during epoch 2, resume with `--ckpt_path last` (epoch-boundary checkpoint): same final
     weights."""
