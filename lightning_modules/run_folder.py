@@ -51,12 +51,8 @@ def resolve_seed(value: Any) -> int | bool:
 
 
 def seed_folder(seed: Any) -> str:
-    """``seed<N>`` for a seed, ``unseeded`` for ``false``, ``seed<random>`` while not resolved yet."""
-    if seed is False:
-        return UNSEEDED
-    if seed is True or seed is None:
-        return "seed<random>"
-    return f"seed{int(seed)}"
+    """``seed<N>`` (``true``/``null`` resolved by :func:`resolve_seed`), ``unseeded`` for ``false``."""
+    return UNSEEDED if seed is False else f"seed{resolve_seed(seed)}"
 
 
 def is_seed_folder(name: str) -> bool:

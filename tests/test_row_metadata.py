@@ -187,7 +187,7 @@ def test_seed_resolution(monkeypatch):
     assert resolve_seed(True) == resolve_seed(None) == 0  # Lightning 2.6's seed_everything(None): 0
     monkeypatch.setenv("PL_GLOBAL_SEED", "17")  # set by Lightning in the launcher, inherited by DDP workers
     assert resolve_seed(True) == resolve_seed(None) == 17 and resolve_seed(5) == 5
-    assert (seed_folder(17), seed_folder(False)) == ("seed17", "unseeded")
+    assert (seed_folder(17), seed_folder(False), seed_folder(True)) == ("seed17", "unseeded", "seed17")
 
 
 def _loc(tmp_path, **kw):
