@@ -102,6 +102,8 @@ class ClassificationTask(LightningModule):
             ``train/acc1`` is logged (mixed images have no single label). Validation/test are unchanged.
         metrics: metric names logged at validation and test (see :mod:`lightning_modules.metrics`).
         channels_last: run the backbone and inputs in NHWC memory format (faster convs with AMP on GPUs).
+        grad_checkpointing: call the backbone's timm ``set_grad_checkpointing(True)``: its blocks are
+            recomputed in the backward pass (less activation memory, about one more forward of compute).
         compile: wrap the backbone in ``torch.compile`` when fitting.
     """
 
@@ -125,6 +127,7 @@ class ClassificationTask(LightningModule):
         mixup: dict[str, Any] | None = None,
         metrics: list[str] | None = None,
         channels_last: bool = False,
+        grad_checkpointing: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -162,6 +165,10 @@ class ClassificationTask(LightningModule):
         self.scheduler_factory = lr_scheduler
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        if grad_checkpointing:
+            if not hasattr(self.backbone, "set_grad_checkpointing"):
+                raise TaskConfigError(f"{backbone} has no set_grad_checkpointing (timm models have it)")
+            self.backbone.set_grad_checkpointing(True)
 
         names = list(metrics) if metrics is not None else ["acc1", "acc5"]
         if "acc1" not in names:

@@ -261,6 +261,14 @@ def test_mixup_trains_on_timm_soft_targets(tmp_path):
         tiny_task(mixup={"mixup_alpah": 0.8})
 
 
+def test_grad_checkpointing_flag_switches_the_backbone_and_is_checked():
+    task = tiny_task(grad_checkpointing=True)
+    assert task.backbone.grad_checkpointing is True and tiny_task().backbone.grad_checkpointing is False
+    x = torch.randn(2, 3, 32, 32)
+    task(x).sum().backward()  # every parameter still gets a gradient through the recomputed blocks
+    assert all(p.grad is not None for p in task.backbone.parameters() if p.requires_grad)
+
+
 def test_pretrained_required_refuses_a_random_trunk_unless_none_is_chosen():
     """A recipe whose paper fine-tunes (pretrained_required) refuses null/false; "none" is random init."""
     from lightning_modules.task import ClassificationTask, TaskConfigError
