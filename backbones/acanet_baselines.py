@@ -17,6 +17,10 @@ straight from timm (``resnet18``, ``vgg16``, ``mobilenetv3_large_100``, ``densen
   smoke sizes), flatten (600 x 7 x 7), BN - FC 512 - BN - ELU - FC. VGG's 4096-4096 MLP is not used. The
   reference's from-scratch VGG-16 has BN in its conv layers; ours keeps timm's ``vgg16`` trunk (no BN) so
   that the MC row differs from the other VGG-16 rows of Table 2 by loss and head only.
+* ``vgg16_bn_mc``: the same with a BatchNorm after every conv (timm's ``vgg16_bn`` trunk), the BN variant
+  (ours, not in the paper) for the MC rows; the CE and margin-loss rows use timm's ``vgg16_bn``. The paper
+  does not say whether its VGG-16 has BN; the learning check found the no-BN VGG-16 rows stuck or diverging
+  at the recipe's lr from scratch (``benchmarks/results/learning.md``), hence the labelled alternative.
 (ResNet-18 with MC-Loss is ``resnet18_mc`` in :mod:`backbones.acanet`.)
 """
 
@@ -105,12 +109,14 @@ class VGGMC(nn.Module):
         in_chans: input channels.
         hidden: hidden width of the head (the reference's 512).
         drop_rate: dropout before the last FC.
+        batch_norm: a BatchNorm after every conv of the trunk (``vgg16_bn_mc``).
     """
 
     def __init__(self, cfg: list, num_classes: int = 1000, in_chans: int = 3, hidden: int = 512,
-                 drop_rate: float = 0.0) -> None:  # fmt: skip
+                 drop_rate: float = 0.0, batch_norm: bool = False) -> None:  # fmt: skip
         super().__init__()
-        trunk = VGG(cfg, num_classes=1, in_chans=in_chans)
+        norm = nn.BatchNorm2d if batch_norm else None
+        trunk = VGG(cfg, num_classes=1, in_chans=in_chans, norm_layer=norm)
         self.features = trunk.features[:-1]  # without the last max-pool: the head pools
         self.feature_info = trunk.feature_info
         self.num_classes = num_classes
@@ -148,6 +154,7 @@ default_cfgs = generate_default_cfgs(
     {
         "googlenet": _factory.cfg(first_conv="conv1.conv", classifier="fc"),
         "vgg16_mc": _factory.cfg(first_conv="features.0", classifier="fc"),
+        "vgg16_bn_mc": _factory.cfg(first_conv="features.0", classifier="fc"),
     }
 )
 
@@ -165,20 +172,30 @@ def googlenet(pretrained: bool = False, **kwargs: Any) -> GoogLeNet:
     )
 
 
-@register_model
-def vgg16_mc(pretrained: bool = False, mc_channels_per_class: int = 3, **kwargs: Any) -> VGGMC:
-    """VGG-16 with a ``mc_channels_per_class * num_classes``-wide last conv for MC-Loss (Table 2)."""
+def _vgg16_mc(variant: str, pretrained: bool, mc_channels_per_class: int, **kwargs: Any) -> VGGMC:
     num_classes = kwargs.get("num_classes", 1000)
     if mc_channels_per_class < 1 or num_classes < 1:
-        raise ModelConfigError("vgg16_mc needs mc_channels_per_class >= 1 and num_classes >= 1")
+        raise ModelConfigError(f"{variant} needs mc_channels_per_class >= 1 and num_classes >= 1")
     cfg = list(cfgs["vgg16"])
     cfg[-2] = mc_channels_per_class * num_classes  # last conv before the final 'M'
     return _factory.build(
         VGGMC,
-        "vgg16_mc",
+        variant,
         pretrained,
-        no_weights=_no_weights("vgg16_mc"),
+        no_weights=_no_weights(variant),
         features="the MC-Loss head reads the last conv map; use forward_features for it.",
         model_cfg=cfg,
         **kwargs,
     )
+
+
+@register_model
+def vgg16_mc(pretrained: bool = False, mc_channels_per_class: int = 3, **kwargs: Any) -> VGGMC:
+    """VGG-16 with a ``mc_channels_per_class * num_classes``-wide last conv for MC-Loss (Table 2)."""
+    return _vgg16_mc("vgg16_mc", pretrained, mc_channels_per_class, **kwargs)
+
+
+@register_model
+def vgg16_bn_mc(pretrained: bool = False, mc_channels_per_class: int = 3, **kwargs: Any) -> VGGMC:
+    """``vgg16_mc`` with BatchNorm after every conv: the BN variant of the MC rows (ours, not the paper's)."""
+    return _vgg16_mc("vgg16_bn_mc", pretrained, mc_channels_per_class, batch_norm=True, **kwargs)

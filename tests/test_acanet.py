@@ -432,3 +432,17 @@ def test_rows_resize_the_whole_image_to_224() -> None:
     assert ops[:4] == ["ToImage", "Resize", "RandomCrop", "RandomHorizontalFlip"]
     crop = dm.build_train_transform().transforms[2]
     assert crop.padding == [4, 4, 4, 4] and dm.build_train_transform()(img).shape == (3, 224, 224)
+
+
+def test_vgg16_bn_mc_is_vgg16_mc_with_a_batchnorm_after_every_conv() -> None:
+    """The BN variant of the VGG-16 MC rows (ours): the same convs and MC head, plus 13 BatchNorm2d."""
+    plain = timm.create_model("vgg16_mc", num_classes=4, device="meta")
+    bn = timm.create_model("vgg16_bn_mc", num_classes=4, device="meta")
+    convs = [tuple(m.weight.shape) for m in plain.features if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [tuple(m.weight.shape) for m in bn.features if isinstance(m, torch.nn.Conv2d)]
+    assert convs[-1][0] == 3 * 4  # xi x classes
+    layers = list(bn.features)
+    follows = [type(layers[i + 1]) for i, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d)]
+    assert follows == [torch.nn.BatchNorm2d] * 13
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.features)
+    assert bn.pretrained_cfg["architecture"] == "vgg16_bn_mc"
