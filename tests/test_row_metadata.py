@@ -255,6 +255,9 @@ def test_offline_fit_of_a_row_carries_it_in_wandb_and_csv_files(monkeypatch, cap
     args += ["--row.published", "{acc1: 52.5}", "--seed_everything", "3", "--trainer.max_steps", "1"]
     code, _, err = run_main(monkeypatch, capsys, "fit", *args, "--test_after_fit", "false")
     assert code == 0, err
+    import wandb
+
+    wandb.finish()  # Lightning leaves the in-process run open: close it so its file is complete
     run_dir = tmp_path / "runs" / "row" / "seed3"  # the last --config file names the run
     run_file = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     run = next(r.run for r in iter_records(run_file) if r.WhichOneof("record_type") == "run")
