@@ -83,3 +83,16 @@ def build(
     if dtype is not None and not native:
         model.to(dtype=dtype)
     return model
+
+
+def check_global_pool(
+    variant: str, global_pool: str, num_classes: int, allowed: tuple[str, ...] = ("avg", "")
+) -> None:
+    """``global_pool`` is one of ``allowed``; ``""`` (no pooling: ``forward`` returns the last map or the
+    tokens) only without a classifier (timm's rule: an unpooled output has no linear classifier)."""
+    if global_pool not in allowed:
+        raise ModelConfigError(
+            f"{variant} supports global_pool {' / '.join(map(repr, allowed))}, got {global_pool!r}"
+        )
+    if not global_pool and num_classes > 0:
+        raise ModelConfigError(f"{variant}: global_pool='' (no pooling) needs num_classes=0")

@@ -149,7 +149,9 @@ class ACANet(nn.Module):
             ELU - FC) instead of avg-pool + linear; ``None`` (default): on iff ``mc_channels_per_class``.
         mc_hidden: hidden width of the MC head (the reference's 512).
         drop_rate: dropout before the classifier.
-        global_pool: ``"avg"`` (the only pooling implemented).
+        global_pool: ``"avg"`` (average pooling, or the MC head's pooled hidden layer with ``mc_head``) or
+            ``""`` (no pooling: ``forward`` returns the last map; timm's convention, only with
+            ``num_classes=0``).
     """
 
     def __init__(
@@ -170,13 +172,12 @@ class ACANet(nn.Module):
         mc_head: bool | None = None,
         mc_hidden: int = 512,
         drop_rate: float = 0.0,
-        global_pool: Literal["avg"] = "avg",
+        global_pool: Literal["avg", ""] = "avg",
     ) -> None:
         super().__init__()
         if downsample not in ("patchify", "conv"):
             raise ModelConfigError(f"ACANet downsample must be 'patchify' or 'conv', got {downsample!r}")
-        if global_pool != "avg":
-            raise ModelConfigError(f"ACANet supports global_pool='avg' only, got {global_pool!r}")
+        _factory.check_global_pool("ACANet", global_pool, num_classes)
         if len(layers) != 4 or len(channels) != 4:
             raise ModelConfigError("ACANet needs four stages (layers and channels of length 4)")
         channels = list(channels)
@@ -233,13 +234,10 @@ class ACANet(nn.Module):
             self.add_module(f"layer{index}", nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=planes, reduction=reduction, module=f"layer{index}"))
 
-        self.num_features = self.head_hidden_size = in_channels
+        self.num_features = in_channels
         self.mc_head = mc_channels_per_class is not None if mc_head is None else mc_head
-        if self.mc_head:
-            self.global_pool = MCHiddenLayer(in_channels, mc_hidden, pool="max")
-            self.head_hidden_size = mc_hidden
-        else:
-            self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.mc_hidden = mc_hidden
+        self._set_pool(global_pool)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc: nn.Module = (
             nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
@@ -267,10 +265,26 @@ class ACANet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        """Replace the classifier (the MC-Loss last-stage width is kept as built)."""
-        if global_pool != "avg":
-            raise ModelConfigError(f"ACANet supports global_pool='avg' only, got {global_pool!r}")
+    def _set_pool(self, global_pool: str) -> None:
+        """``"avg"``: average pooling or, with the MC head, its pooled hidden layer; ``""``: no pooling."""
+        self.global_pool_type = global_pool
+        if not global_pool:
+            self.global_pool: nn.Module = nn.Identity()
+            self.head_hidden_size = self.num_features
+        elif self.mc_head:
+            self.global_pool = MCHiddenLayer(self.num_features, self.mc_hidden, pool="max")
+            self.head_hidden_size = self.mc_hidden
+        else:
+            self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+            self.head_hidden_size = self.num_features
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier (the MC-Loss last-stage width is kept as built); ``global_pool`` as in
+        ``__init__`` (``None`` keeps the pooling; a changed one is built new)."""
+        if global_pool is not None:
+            _factory.check_global_pool("ACANet", global_pool, num_classes)
+            if global_pool != self.global_pool_type:
+                self._set_pool(global_pool)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -381,10 +395,9 @@ def _create_acanet(variant: str, pretrained: bool = False, defaults: dict[str, A
 
 #: timm pretrained-config entries (no hub weights).
 default_cfgs = generate_default_cfgs(
-    {
-        name: _factory.cfg()
-        for name in ("acanet18", "acanet18_no_accb", "acanet18_no_fcsa_accb", "resnet18_mc")
-    }
+    {name: _factory.cfg() for name in ("acanet18", "acanet18_no_accb", "acanet18_no_fcsa_accb")}
+    # last stage at stride 1 (the MC-Loss reference's 14 x 14 map at 224 px)
+    | {"resnet18_mc": _factory.cfg(pool_size=(14, 14))}
 )
 
 

@@ -51,11 +51,16 @@ class GoogLeNet(torchvision.models.GoogLeNet):
         num_classes: classifier outputs (0: identity classifier).
         in_chans: must be 3 (torchvision's stem).
         drop_rate: dropout before the classifier (torchvision: 0.2).
+        global_pool: ``"avg"`` or ``""`` (no pooling: ``forward`` returns the 1024-channel map; only with
+            ``num_classes=0``, timm's rule).
     """
 
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2) -> None:
+    def __init__(
+        self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.2, global_pool: str = "avg"
+    ) -> None:
         if in_chans != 3:
             raise ModelConfigError("googlenet supports in_chans=3 only")
+        _factory.check_global_pool("googlenet", global_pool, num_classes)
         super().__init__(
             num_classes=max(num_classes, 1), aux_logits=False, transform_input=False, init_weights=True,
             dropout=drop_rate,
@@ -64,11 +69,18 @@ class GoogLeNet(torchvision.models.GoogLeNet):
         self.num_features = self.head_hidden_size = 1024
         if num_classes == 0:
             self.fc = nn.Identity()
+        self.global_pool_type = global_pool
+        if not global_pool:
+            self.avgpool = nn.Identity()
 
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            _factory.check_global_pool("googlenet", global_pool, num_classes)
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1)) if global_pool else nn.Identity()
+            self.global_pool_type = global_pool
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -92,7 +104,8 @@ class GoogLeNet(torchvision.models.GoogLeNet):
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.dropout(torch.flatten(self.avgpool(x), 1))
+        x = self.avgpool(x)
+        x = self.dropout(torch.flatten(x, 1) if self.global_pool_type else x)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
@@ -131,6 +144,12 @@ class VGGMC(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier; ``global_pool=""`` removes the pooled MC head too (the map is returned)."""
+        if global_pool is not None:
+            _factory.check_global_pool("vgg16_mc", global_pool, num_classes)
+            if not global_pool:
+                self.pre_logits = nn.Identity()
+                self.head_hidden_size = self.num_features
         self.num_classes = num_classes
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -153,8 +172,9 @@ class VGGMC(nn.Module):
 default_cfgs = generate_default_cfgs(
     {
         "googlenet": _factory.cfg(first_conv="conv1.conv", classifier="fc"),
-        "vgg16_mc": _factory.cfg(first_conv="features.0", classifier="fc"),
-        "vgg16_bn_mc": _factory.cfg(first_conv="features.0", classifier="fc"),
+        # forward_features stops before the last max-pool: the 14 x 14 map at 224 px
+        "vgg16_mc": _factory.cfg(first_conv="features.0", classifier="fc", pool_size=(14, 14)),
+        "vgg16_bn_mc": _factory.cfg(first_conv="features.0", classifier="fc", pool_size=(14, 14)),
     }
 )
 

@@ -96,7 +96,8 @@ class FFT(nn.Module):
         use_pos_embed: position encodings Eq. 19-21 (Table V "without position": ``False``).
         ram_reduction: RAM channel-MLP reduction.
         ram_kernel_size: RAM spatial-gate kernel.
-        global_pool: ``"token"`` (class token, the paper) or ``"avg"`` (mean of the Outer patch tokens).
+        global_pool: ``"token"`` (class token, the paper), ``"avg"`` (mean of the Outer patch tokens) or
+            ``""`` (no pooling: ``forward`` returns the tokens / the map; only with ``num_classes=0``).
         drop_rate: dropout before the classifier.
         pos_drop_rate: dropout after adding the position encodings.
         proj_drop_rate: dropout after attention projections and in the MLPs.
@@ -125,7 +126,7 @@ class FFT(nn.Module):
         use_pos_embed: bool = True,
         ram_reduction: int = 16,
         ram_kernel_size: int = 7,
-        global_pool: Literal["token", "avg"] = "token",
+        global_pool: Literal["token", "avg", ""] = "token",
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
@@ -142,8 +143,7 @@ class FFT(nn.Module):
             raise ModelConfigError(
                 f"FFT fusion_padding must be 'zeros' or 'circular', got {fusion_padding!r}"
             )
-        if global_pool not in ("token", "avg"):
-            raise ModelConfigError(f"FFT global_pool must be 'token' or 'avg', got {global_pool!r}")
+        _factory.check_global_pool("FFT", global_pool, num_classes, ("token", "avg", ""))
         patch_sizes = tuple(patch_sizes) if patch_sizes is not None else (4, 2, 1)[-num_streams:]
         if len(patch_sizes) != num_streams:
             raise ModelConfigError(
@@ -249,8 +249,7 @@ class FFT(nn.Module):
         """Replace the classifier (``num_classes=0`` removes it); optionally change the pooling."""
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ("token", "avg"):
-                raise ModelConfigError(f"FFT global_pool must be 'token' or 'avg', got {global_pool!r}")
+            _factory.check_global_pool("FFT", global_pool, num_classes, ("token", "avg", ""))
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -310,6 +309,8 @@ class FFT(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool (class token, or mean of patch tokens / of the map), dropout, classifier."""
+        if not self.global_pool:  # "": no pooling and no classifier (timm's convention)
+            return x
         if x.ndim == 4:
             x = x.mean(dim=(2, 3))
         else:
@@ -378,9 +379,13 @@ default_cfgs = generate_default_cfgs(
             "fft_base_no_ram",
             "fft_base_no_pos",
             "resnet18_vit",
-            "resnet18_linear",
         ]
     }
+    | {
+        "resnet18_linear": _factory.cfg(
+            input_size=(3, 256, 256), pool_size=(8, 8), first_conv="trunk.conv1", classifier="head"
+        )
+    }  # fmt: skip
 )
 
 

@@ -72,6 +72,52 @@ def test_create_model_takes_every_timm_kwarg(name: str) -> None:
     assert model.num_classes == 0 and not _linears(model.get_classifier())
 
 
+#: models whose forward_features returns tokens (B, N, C) (or, Conformer, a CNN map and tokens fused in the
+#: head), i.e. the models timm's own tests check with their "non-standard" cfg test: the pooled width is
+#: checked, not a spatial pool_size
+TOKEN_FAMILIES = {
+    "backbones.fft",
+    "backbones.tokenfusion",
+    "backbones.baselines.cvt",
+    "backbones.baselines.conformer",
+}
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_default_cfg_matches_the_model_at_its_input_size(name: str) -> None:
+    """What timm's test_model_default_cfgs checks, on the meta device (shapes only, no compute): the
+    unpooled output at cfg input_size has cfg pool_size and num_features; pre-logits and a classifier-less
+    forward have head_hidden_size; global_pool='' gives the unpooled map (or is refused in one line)."""
+    model = _meta(name).eval()
+    cfg = model.pretrained_cfg
+    x = torch.zeros(1, *cfg["input_size"], device="meta")
+    feats = model.forward_features(x)
+    pre = model.forward_head(feats, pre_logits=True)
+    assert pre.shape == (1, model.head_hidden_size)
+    token = FAMILY[name] in TOKEN_FAMILIES or feats.ndim == 3
+    if not token:
+        assert feats.ndim == 4 and feats.shape[1] == model.num_features
+        assert tuple(feats.shape[2:]) == tuple(cfg["pool_size"]), (
+            f"pool_size {cfg['pool_size']} vs {feats.shape}"
+        )
+    elif feats.ndim == 3:
+        assert feats.shape[-1] == model.num_features
+    model.reset_classifier(0)
+    assert model(x).shape == (1, model.head_hidden_size)
+    if token:
+        return
+    try:
+        model.reset_classifier(0, "")
+    except ModelConfigError as err:
+        assert "\n" not in str(err)
+        return
+    assert tuple(model(x).shape) == (1, model.num_features, *cfg["pool_size"])
+    if "_mc" in name:  # MC-Loss models: the last stage is xi x num_classes wide, so num_classes >= 1
+        return
+    bare = _meta(name, num_classes=0, global_pool="")
+    assert tuple(bare(x).shape) == (1, bare.num_features, *cfg["pool_size"])
+
+
 def _linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 

@@ -18,7 +18,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from backbones._factory import build, cfg
+from backbones._factory import build, cfg, check_global_pool
 
 __all__ = ["BaselineContract", "baseline_cfg", "create"]
 
@@ -75,6 +75,8 @@ class BaselineContract:
     head_hidden_size: int
     grad_checkpointing: bool
     training: bool
+    #: the ``global_pool`` values ``forward_head`` implements ("" = no pooling, timm's convention)
+    pool_kinds: tuple[str, ...] = ("avg", "")
     #: parameters timm's optimiser factory keeps out of weight decay (class tokens, position embeddings)
     no_weight_decay_names: tuple[str, ...] = ()
 
@@ -100,9 +102,10 @@ class BaselineContract:
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
         if global_pool is not None:
+            check_global_pool(type(self).__name__, global_pool, num_classes, self.pool_kinds)
             self.global_pool = global_pool
+        self.num_classes = num_classes
         self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def checkpointed(self, module: nn.Module, *args: Tensor) -> Any:

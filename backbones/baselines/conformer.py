@@ -147,6 +147,8 @@ class Conformer(BaselineContract, nn.Module):
         drop_path_rate: stochastic depth of the transformer blocks, linear over depth.
     """
 
+    pool_kinds = ("avg",)  # both branches pooled (the two heads of Conformer)
+
     no_weight_decay_names = ("cls_token",)
 
     def __init__(

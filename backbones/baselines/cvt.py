@@ -176,6 +176,8 @@ class CvT(BaselineContract, nn.Module):
         drop_path_rate: stochastic depth of the last stage (the reference's 0.1), linear over its blocks.
     """
 
+    pool_kinds = ("token",)  # the class token of the last stage (CvT's head)
+
     def __init__(
         self,
         num_classes: int = 1000,

@@ -29,6 +29,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
+from backbones._factory import check_global_pool
 from backbones.baselines._contract import BaselineContract, baseline_cfg, create
 
 
@@ -124,6 +125,7 @@ class ViG(BaselineContract, nn.Module):
         global_pool: str = "avg",
     ) -> None:
         super().__init__()
+        check_global_pool("ViG", global_pool, num_classes, self.pool_kinds)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = dim
@@ -203,13 +205,15 @@ class ViG(BaselineContract, nn.Module):
         return intermediates if intermediates_only else (x, intermediates)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if not self.global_pool:  # "": the unpooled node map, no head (timm's convention, num_classes=0)
+            return x
         x = self.head_hidden(F.adaptive_avg_pool2d(x, 1)).flatten(1)
         return x if pre_logits else self.head(x)
 
 
 default_cfgs = generate_default_cfgs(
     {
-        "vig_b_224": baseline_cfg("stem.0", pool_size=(1, 1)),
+        "vig_b_224": baseline_cfg("stem.0", pool_size=(14, 14)),  # forward_features: the 14 x 14 node map
     }
 )
 

@@ -265,7 +265,9 @@ class StreamFusion(nn.Module):
         x = self._pad(x, (left, right, top, bottom))
         weight, bias = self.proj.weight, self.proj.bias
         dev = x.device.type
-        if torch.is_autocast_enabled(dev):  # what autocast does for F.linear, done before the Function
+        if dev != "meta" and torch.is_autocast_enabled(
+            dev
+        ):  # what autocast does for F.linear, done before the Function
             dtype = torch.get_autocast_dtype(dev)
             x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
         return _BlockLinear.apply(x, weight, bias, (sh, sw), (h2, w2))
