@@ -815,7 +815,9 @@ def test_concurrent_zip_extraction_is_safe(tmp_path):
             Image.new("RGB", (8, 8), (i, 0, 0)).save(buffer, "JPEG")
             zf.writestr(f"data/c{i % 3}/{i}.jpg", buffer.getvalue())
     cache = tmp_path / "cache" / "shared"
-    with multiprocessing.get_context("fork").Pool(3) as pool:
+    # spawn, not fork: a fork of this process (torch's thread pools, earlier tests' threads) can inherit a
+    # held lock and hang in the child
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
         results = pool.map(_extract_in_child, [(str(archive), str(cache))] * 3)
     assert all(r == results[0] for r in results) and len(results[0]) == 60
     assert sorted(p.name for p in cache.parent.iterdir()) == [".shared.lock", "shared"]
