@@ -22,8 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python main.py fit --config experiments/quickstart.yaml --name quickstart-$$(date +%Y%m%d-%H%M%S)
 
+# two pytest workers (one per core of the reference machine), one torch thread each: the suite is mostly
+# Python (CLI parsing, model construction), so two processes beat two threads; any -n / thread count passes
 test: $(STAMP)
-	$(PYTEST) -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PYTEST) -q -n $${PYTEST_WORKERS:-2}
 
 test-slow: $(STAMP)
 	$(PYTEST) -q -m slow

@@ -31,14 +31,16 @@ def run_cli(*args: str, cwd: Path, timeout: int = 420) -> subprocess.CompletedPr
 
 
 def test_quickstart_end_to_end_with_wandb_offline(tmp_path):
-    """The `make demo` job, shortened to 2 epochs: trains, tests the best checkpoint, W&B files hold it
-    all."""
+    """The `make demo` job, shortened to 2 epochs at 16 px: trains, tests the best and the last checkpoint,
+    W&B files hold it all (the full demo's accuracy: test_quickstart_full_demo_reaches_high_accuracy, slow)."""
     proc = run_cli(
         "fit",
         "--config",
         QUICKSTART,
         "--trainer.max_epochs",
         "2",
+        "--data.init_args.image_size",
+        "16",
         "--trainer.enable_progress_bar",
         "false",
         cwd=tmp_path,
@@ -54,8 +56,8 @@ def test_quickstart_end_to_end_with_wandb_offline(tmp_path):
     # test_after_fit tests the best-validation and the last checkpoint, under distinct keys, in this W&B run
     tested = {f"test/{ckpt}/{m}" for ckpt in ("best", "last") for m in ("acc1", "f1", "kappa")}
     assert {"train/loss", "val/acc1", "val/acc1_best", *tested} <= set(logged)
-    # 10 classes: chance is 0.1; two epochs of ResNet-18 reach far above
-    assert logged["test/last/acc1"] > 0.5
+    # 10 classes: chance is 0.1; two epochs of ResNet-18 on 16 px digits reach well above it
+    assert logged["test/last/acc1"] > 0.3
     # the full resolved config, nested, is the W&B run config
     assert run["config"]["model"]["init_args"]["backbone"] == "resnet18"
     assert run["config"]["data"]["class_path"].endswith("DigitsDataModule")

@@ -132,6 +132,7 @@ DURATIONS: dict[str, tuple[str, ...]] = {
     "CosineAnnealingLR": ("T_max",),
     "CosineAnnealingWarmRestarts": ("T_0",),
     "ReduceLROnPlateau": ("patience", "cooldown"),
+    "WarmupReduceLROnPlateau": ("warmup_epochs", "patience", "cooldown"),
     "LinearLR": ("total_iters",),
     "ConstantLR": ("total_iters",),
     "PolynomialLR": ("total_iters",),
@@ -696,7 +697,7 @@ def run_row(
     ]
     if scheduler is not None:
         extra += ["--model.init_args.lr_scheduler", json.dumps(scheduler)]
-        if _short(scheduler["class_path"], "") == "ReduceLROnPlateau":
+        if _short(scheduler["class_path"], "") in ("ReduceLROnPlateau", "WarmupReduceLROnPlateau"):
             extra += ["--model.init_args.lr_scheduler_monitor", "train/loss"]
     result.size, result.batch, result.steps, result.images = size, batch, steps, images
     cli = build_cli(row.path, extra, workdir / "run", meta=False)
