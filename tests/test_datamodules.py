@@ -817,8 +817,8 @@ def test_concurrent_zip_extraction_is_safe(tmp_path):
     cache = tmp_path / "cache" / "shared"
     # spawn, not fork: a fork of this process (torch's thread pools, earlier tests' threads) can inherit a
     # held lock and hang in the child
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
-        results = pool.map(_extract_in_child, [(str(archive), str(cache))] * 3)
+    with multiprocessing.get_context("spawn").Pool(2) as pool:  # two ranks race for the same archive
+        results = pool.map(_extract_in_child, [(str(archive), str(cache))] * 2)
     assert all(r == results[0] for r in results) and len(results[0]) == 60
     assert sorted(p.name for p in cache.parent.iterdir()) == [".shared.lock", "shared"]
 
