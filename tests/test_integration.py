@@ -32,7 +32,7 @@ def run_cli(*args: str, cwd: Path, timeout: int = 420) -> subprocess.CompletedPr
 
 def test_quickstart_end_to_end_with_wandb_offline(tmp_path):
     """The `make demo` job, shortened to 2 epochs at 16 px: trains, tests the best and the last checkpoint,
-    W&B files hold it all (the full demo's accuracy: test_quickstart_full_demo_reaches_high_accuracy, slow)."""
+    W&B files hold it all (the full demo's accuracy: test_quickstart_full_demo_reaches_high_accuracy)."""
     proc = run_cli(
         "fit",
         "--config",
