@@ -134,8 +134,8 @@ class VGGMC(nn.Module):
         self.feature_info = trunk.feature_info
         self.num_classes = num_classes
         self.num_features = cfg[-2]
-        self.head_hidden_size = hidden
-        self.pre_logits = MCHiddenLayer(self.num_features, hidden, pool="adaptive_max", grid=7)
+        self.hidden = hidden
+        self._set_pool("avg")
         self.head_drop = nn.Dropout(drop_rate)
         self.fc: nn.Module = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
@@ -144,14 +144,25 @@ class VGGMC(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier; ``global_pool=""`` removes the pooled MC head too (the map is returned)."""
+        """Replace the classifier; ``global_pool=""`` removes the pooled MC head too (the map is returned),
+        ``"avg"`` builds it again (new weights) if it was removed."""
         if global_pool is not None:
             _factory.check_global_pool("vgg16_mc", global_pool, num_classes)
-            if not global_pool:
-                self.pre_logits = nn.Identity()
-                self.head_hidden_size = self.num_features
+            if isinstance(self.pre_logits, nn.Identity) != (not global_pool):
+                self._set_pool(global_pool)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _set_pool(self, global_pool: str) -> None:
+        """``"avg"``: the reference head's pooled MC hidden layer; ``""``: none (forward returns the map)."""
+        if global_pool:
+            self.pre_logits: nn.Module = MCHiddenLayer(
+                self.num_features, self.hidden, pool="adaptive_max", grid=7
+            )
+            self.head_hidden_size = self.hidden
+        else:
+            self.pre_logits = nn.Identity()
+            self.head_hidden_size = self.num_features
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -184,7 +184,7 @@ class ClassificationTask(LightningModule):
     def _build_mixup(self, mixup: dict[str, Any] | None, num_classes: int, smoothing: float) -> Any:
         if not mixup:
             return None
-        if isinstance(self.loss, TaskLoss) or not isinstance(self.loss, nn.CrossEntropyLoss):
+        if not isinstance(self.loss, nn.CrossEntropyLoss):  # margin/MC losses (TaskLoss) included
             raise TaskConfigError(
                 f"mixup trains with timm's SoftTargetCrossEntropy: it replaces the cross-entropy, not "
                 f"{type(self.loss).__name__}; remove model.init_args.loss or mixup"

@@ -451,3 +451,14 @@ def test_vgg16_bn_mc_is_vgg16_mc_with_a_batchnorm_after_every_conv() -> None:
     assert follows == [torch.nn.BatchNorm2d] * 13
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.features)
     assert bn.pretrained_cfg["architecture"] == "vgg16_bn_mc"
+
+
+def test_vgg16_mc_global_pool_round_trip() -> None:
+    """reset_classifier(0, "") returns the map before the last max-pool; "avg" puts the MC head back."""
+    model = timm.create_model("vgg16_mc", num_classes=4).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        model.reset_classifier(0, "")
+        assert model(x).shape == (1, 12, 4, 4) and model.head_hidden_size == 12
+        model.reset_classifier(4, "avg")
+        assert model.eval()(x).shape == (1, 4) and model.head_hidden_size == 512  # a new head: train mode
