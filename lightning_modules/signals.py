@@ -100,8 +100,11 @@ class SignalCheckpoint(Callback):
         for signum in signums:  # replaces Lightning's handlers (see the module docstring)
             self._previous[signum] = _original.get(signum, signal.getsignal(signum))
             signal.signal(signum, handler)
+        for logger in trainer.loggers:
+            _guard_logger(logger)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        _unguard_loggers(trainer)
         if threading.current_thread() is threading.main_thread():
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)  # type: ignore[arg-type]
@@ -137,6 +140,7 @@ class SignalCheckpoint(Callback):
         raise SIGTERMException(128 + signum)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        _unguard_loggers(trainer)  # Lightning calls no teardown hook after an exception
         # Lightning's own SIGTERM stop (before training started, or in validate/test) exits with status 0
         if isinstance(exception, SIGTERMException) and exception.code in (None, 0):
             exception.code = 128 + int(signal.SIGTERM)
@@ -152,6 +156,41 @@ class SignalCheckpoint(Callback):
         if trainer.is_global_zero:
             for path in Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"):
                 path.unlink(missing_ok=True)
+
+
+def _guard_logger(logger) -> None:
+    """After a signal, a logger whose connection broke stops logging instead of stopping the save.
+
+    ``scancel`` signals every process of the job step, W&B's service process included, which exits at once:
+    the ranks' next ``wandb.log`` (a step or epoch-end metric, validation, before the next batch boundary)
+    raises ``ConnectionResetError`` and would end the run without its checkpoint. With a signal recorded,
+    such an error is reported once and the logger's further metrics are dropped; without one it is raised.
+    """
+    original = logger.log_metrics
+    broken = {"err": None}
+
+    def log_metrics(*args, **kwargs):
+        if broken["err"] is not None:
+            return None
+        try:
+            return original(*args, **kwargs)
+        except ConnectionError as err:
+            if not _pending["signum"]:
+                raise
+            broken["err"] = err
+            print(
+                f"{type(logger).__name__}: its connection broke after the signal ({type(err).__name__}: "
+                f"{err}); later metrics are not logged, the checkpoint is still saved",
+                file=sys.stderr,
+            )
+            return None
+
+    logger.log_metrics = log_metrics  # this instance only; _unguard_loggers restores the class's
+
+
+def _unguard_loggers(trainer: Trainer) -> None:
+    for logger in trainer.loggers:
+        logger.__dict__.pop("log_metrics", None)  # the class's own method again
 
 
 def _finish_loggers(trainer: Trainer) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger
 
 from datamodules import DigitsDataModule
-from lightning_modules import ClassificationTask
+from lightning_modules import ClassificationTask, signals
 from lightning_modules.callbacks import RNGStateCallback
 from lightning_modules.signals import SignalCheckpoint
 from tests.test_reliability import _fit_cmd, _weights
@@ -30,12 +31,32 @@ class _SigtermAtStep(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _fit(root: Path, *callbacks: Callback, ckpt_path: str | None = None, epochs: int = 2, batches: int = 4):
+class _SigtermBeforeLogging(_SigtermAtStep):
+    """The signal after SignalCheckpoint's batch-end check and before the step's metrics reach the logger."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        pass
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _fit(
+    root: Path,
+    *callbacks: Callback,
+    ckpt_path: str | None = None,
+    epochs: int = 2,
+    batches: int = 4,
+    logger=False,
+    **trainer_kwargs,
+):
     seed_everything(0)
     trainer = Trainer(
         max_epochs=epochs,
         accelerator="cpu",
-        logger=False,
+        logger=logger,
+        **trainer_kwargs,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -47,6 +68,38 @@ def _fit(root: Path, *callbacks: Callback, ckpt_path: str | None = None, epochs:
     task = ClassificationTask(backbone="resnet10t", num_classes=10)
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=8, image_size=16), ckpt_path=ckpt_path)
     return task
+
+
+class _ServiceLogger(CSVLogger):
+    """A logger whose service process dies with the signal, as W&B's does under ``scancel``."""
+
+    def log_metrics(self, metrics, step=None):
+        if signals._pending["signum"]:
+            raise ConnectionResetError("Connection lost")
+        super().log_metrics(metrics, step)
+
+
+def test_a_logger_broken_by_the_signal_does_not_stop_the_save(tmp_path, capsys):
+    logger = _ServiceLogger(tmp_path / "logs")
+    with pytest.raises(SystemExit) as stop:
+        _fit(tmp_path, _SigtermBeforeLogging(2), epochs=1, batches=4, logger=logger, log_every_n_steps=1)
+    assert stop.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "_ServiceLogger: its connection broke after the signal (ConnectionResetError" in err
+    assert (tmp_path / "hpc_ckpt_1.ckpt").is_file() and "SIGTERM received: stopped after" in err
+    assert "log_metrics" not in vars(logger)  # teardown gave the instance its class's method back
+
+
+def test_a_broken_logger_connection_without_a_signal_is_raised(tmp_path):
+    class Broken(CSVLogger):
+        def log_metrics(self, metrics, step=None):
+            raise ConnectionResetError("Connection lost")
+
+    logger = Broken(tmp_path)
+    signals._guard_logger(logger)
+    assert not signals._pending["signum"]
+    with pytest.raises(ConnectionResetError):
+        logger.log_metrics({"x": 1.0})
 
 
 def test_sigterm_mid_epoch_saves_checkpoint_and_exits_143(tmp_path, capsys):

@@ -7,11 +7,13 @@ localhost (2 CPUs, no GPUs) with its own state, spool and log folders in a tempo
 happens. Then it submits the README's sbatch script (1 node x 2 tasks, CPU, gloo, the embedded digits data):
 
 1. ``whole``: to completion;
-2. ``cut``: with a time limit (2 minutes or more, from ``whole``'s timing) such that SLURM sends
-   ``SIGUSR1`` mid-training (``--signal=USR1@60``): the ranks
-   save Lightning's ``hpc_ckpt_N.ckpt``, requeue the job, the requeued attempt resumes from it; checked: the
-   HPC checkpoint was written, the job ran more than once (``SLURM_RESTART_COUNT``), the final weights
-   equal ``whole``'s bit for bit, and every attempt logged into one W&B run id (offline);
+2. ``cut``: the same job, whose time limit is cut once training has started (``scontrol update
+   TimeLimit``, to the first whole minute at least 65 s past the job's elapsed time) so that SLURM sends the
+   script's ``--signal=USR1@60`` mid-training whatever the machine's speed: the ranks save Lightning's
+   ``hpc_ckpt_N.ckpt``, requeue the job, the requeued attempt (limit raised again) resumes from it; checked:
+   the signal came before the last step, the HPC checkpoint was written, the job ran more than once
+   (``SLURM_RESTART_COUNT``), the final weights equal ``whole``'s bit for bit, and every attempt logged into
+   one W&B run id (offline);
 3. ``cancelled``: ``scancel`` while training: a resumable HPC checkpoint is left and the job state is
    CANCELLED with a non-zero exit code, not COMPLETED.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -39,17 +42,18 @@ SKIP = 77
 DAEMONS = ("munged", "slurmctld", "slurmd")
 # Lightning logs this right before training starts (after imports, data set-up and the DDP rendezvous)
 TRAINING_MARK = "SLURM auto-requeueing enabled"
-# a short run: resnet10t on 16x16 digits, 2 ranks x batch 16, 3 epochs of 20 steps; the interrupted
-# job's time limit is chosen from the uninterrupted job's timing so that the signal lands mid-training
+# resnet10t on 16x16 digits, 2 ranks x batch 16, 24 epochs of 30 steps: about 2 minutes of training on 2
+# idle cores, longer than SLURM's signal window (a minute-granular limit and a 30 s timer: up to 95 s)
+EPOCHS, STEPS_PER_EPOCH = 24, 30
 FIT_ARGS = [
     "--config", "experiments/quickstart.yaml",
     "--model.init_args.backbone", "resnet10t",
     "--data.init_args.image_size", "16",
     "--data.init_args.batch_size", "16",
-    "--trainer.max_epochs", "3",
-    "--trainer.limit_train_batches", "20",
+    "--trainer.max_epochs", str(EPOCHS),
+    "--trainer.limit_train_batches", str(STEPS_PER_EPOCH),
     "--trainer.limit_val_batches", "2",
-    "--trainer.log_every_n_steps", "5",
+    "--trainer.log_every_n_steps", "10",
     "--test_after_fit", "false",
 ]  # fmt: skip
 
@@ -94,6 +98,8 @@ def free_port() -> int:
 
 
 def write_config(tmp: Path) -> Path:
+    """``slurm.conf`` for this machine; ``cred_expire=45`` (SLURM's default 120 s) is also how long a requeued
+    job waits before it may start again, so the requeue scenario waits 45 s instead of 2 minutes."""
     for sub in ("state", "spool", "log", "munge"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
     (tmp / "munge").chmod(0o700)
@@ -109,7 +115,7 @@ SlurmUser={os.environ.get("USER") or "root"}
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={tmp}/munge/munge.socket
+AuthInfo=socket={tmp}/munge/munge.socket,cred_expire=45
 StateSaveLocation={tmp}/state
 SlurmdSpoolDir={tmp}/spool
 SlurmctldPidFile={tmp}/slurmctld.pid
@@ -280,6 +286,15 @@ class Cluster:
             time.sleep(0.5)
 
 
+def run_seconds(text: str) -> int:
+    """Seconds of a SLURM duration (``[days-]hours:minutes:seconds``, ``minutes:seconds``)."""
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    return (int(days) if days else 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
 def wait_for(pred, timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     while not pred():
@@ -326,40 +341,46 @@ def scenario(cluster: Cluster, runs: Path) -> None:
     out = job_output(runs, "whole", job)
     check(info["JobState"] == "COMPLETED" and info.get("ExitCode") == "0:0", f"whole: {info}\n{out[-3000:]}")
     whole = final_weights(runs / "whole" / "seed42")
+    check(whole["global_step"] == EPOCHS * STEPS_PER_EPOCH, f"whole ran {whole['global_step']} steps")
     startup = times.get("training", times["end"]) - times.get("running", times["end"])
     train = times["end"] - times.get("training", times["end"])
     log(f"whole: start-up {startup:.0f} s, training {train:.0f} s")
 
-    # 2. time limit -> SIGUSR1 mid-run -> HPC checkpoint, requeue, resume
+    # 2. time limit -> SIGUSR1 mid-run -> HPC checkpoint, requeue, resume. The limit is cut once the first
+    # attempt trains (whatever the machine's speed): to the first whole minute >= elapsed + 65 s, so that
+    # --signal=USR1@60 fires 5-95 s later (SLURM's timer ticks every 30 s); the requeued attempt gets 30 min
     seen_hpc: set[str] = set()
+    limits: dict[str, int] = {}
 
-    extended = {"done": False}
-
-    def note_hpc(info) -> None:
+    def steer(info) -> None:
         seen_hpc.update(p.name for p in (runs / "cut" / "seed42").glob("hpc_ckpt_*.ckpt"))
-        if not extended["done"] and int(info.get("Restarts", "0") or 0) >= 1:
-            # requeued once: give the resumed attempt time to finish (a slow machine would loop otherwise)
+        restarts = int(info.get("Restarts", "0") or 0)
+        if restarts == 0 and "cut" not in limits and info.get("JobState") == "RUNNING":
+            if TRAINING_MARK in job_output(runs, "cut", job):
+                elapsed = run_seconds(info.get("RunTime", "0"))
+                limits["cut"] = math.ceil((elapsed + 65) / 60)
+                cluster.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={limits['cut']}"])
+                log(f"cut: training at {elapsed} s elapsed; time limit cut to {limits['cut']} min")
+        if restarts >= 1 and "resumed" not in limits:
             cluster.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], check=False)
-            extended["done"] = True
+            limits["resumed"] = 30
 
-    # SLURM sends --signal=USR1@60 between 90 and 60 s before the limit (its timer ticks every 30 s): pick the
-    # limit so that the signal lands half-way through training; the requeued attempt then finishes
-    limit_min = max(2, round((startup + 0.5 * train + 75) / 60))
-    check(
-        startup + train > limit_min * 60 - 60,
-        f"training ({train:.0f} s) too short for a signal mid-run under a {limit_min}-minute limit: raise "
-        "--trainer.max_epochs in FIT_ARGS",
-    )
-    job = cluster.submit(runs, "cut", f"--time={limit_min}")
-    info, states = cluster.wait_job(job, 1200, on_poll=note_hpc)
+    job = cluster.submit(runs, "cut")
+    info, states = cluster.wait_job(job, 1800, on_poll=steer)
     out = job_output(runs, "cut", job)
     check(info["JobState"] == "COMPLETED", f"cut ended {info['JobState']} (states {states}):\n{out[-4000:]}")
     restarts = int(info.get("Restarts", "0"))
     attempts = re.findall(r"^attempt (\d+) of job", out, flags=re.M)
     check(restarts >= 1 and len(attempts) == restarts + 1, f"cut was not requeued: {restarts=} {attempts=}")
     check("SIGUSR1 received: stopped after" in out and "requeued SLURM job" in out, out[-4000:])
+    check("cut" in limits, "the cut job's start of training was not seen")
     check("Restoring states from the checkpoint path at" in out and "hpc_ckpt_" in out, "no HPC resume")
     check(bool(seen_hpc) or "hpc_ckpt_1.ckpt" in out, "no HPC checkpoint seen")
+    stopped_at = [int(n) for n in re.findall(r"SIGUSR1 received: stopped after .*?step (\d+)", out)]
+    check(
+        bool(stopped_at) and 0 < stopped_at[0] < whole["global_step"],
+        f"the signal did not land mid-training: {stopped_at} of {whole['global_step']} steps",
+    )
     cut = final_weights(runs / "cut" / "seed42")
     check(cut["global_step"] == whole["global_step"], f"steps {cut['global_step']} != {whole['global_step']}")
     diff = [k for k in whole["state_dict"] if not torch.equal(whole["state_dict"][k], cut["state_dict"][k])]
@@ -376,7 +397,7 @@ def scenario(cluster: Cluster, runs: Path) -> None:
         if cancelled["done"] or info.get("JobState") != "RUNNING":
             return
         out = job_output(runs, "cancelled", job)
-        if (runs / "cancelled" / "checkpoints" / "last.ckpt").exists() or TRAINING_MARK in out:
+        if (runs / "cancelled" / "seed42" / "checkpoints" / "last.ckpt").exists() or TRAINING_MARK in out:
             time.sleep(3)
             cluster.run(["scancel", job])
             cancelled["done"] = True
@@ -386,7 +407,7 @@ def scenario(cluster: Cluster, runs: Path) -> None:
     out = job_output(runs, "cancelled", job)
     check(cancelled["done"], f"the job finished before it could be cancelled: {states}")
     check(info["JobState"] == "CANCELLED" and info.get("ExitCode") != "0:0", f"scancel: {info}")
-    hpc = sorted((runs / "cancelled").glob("hpc_ckpt_*.ckpt"))
+    hpc = sorted((runs / "cancelled" / "seed42").glob("hpc_ckpt_*.ckpt"))
     check(len(hpc) == 1, f"no HPC checkpoint after scancel:\n{out[-3000:]}")
     state = torch.load(hpc[0], map_location="cpu", weights_only=True)
     check(
