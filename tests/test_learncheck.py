@@ -128,15 +128,13 @@ def test_verdicts():
     assert lc.verdict(negative, train_acc=0.9, val_acc=0.9, chance=0.1, mode="overfit") == "learns"
 
 
-def test_budgets_cap_and_see_each_image_repeatedly():
+def test_budgets_see_each_image_repeatedly_and_take_overrides():
     small, big = lc.choose_budget(11e6, "overfit", False), lc.choose_budget(539e6, "overfit", False)
     assert big.max_batch <= 4 and big.images_per_class < small.images_per_class
     for b in (small, big):
         assert b.steps * b.max_batch >= 5 * b.images_per_class * 10  # every image seen at least 5 times
-    capped = lc.choose_budget(
-        11e6, "overfit", False, {"steps": 24, "max_batch": 64, "images_per_class": None}
-    )
-    assert capped.steps == 24 and capped.max_batch == small.max_batch  # caps only lower
+    given = lc.choose_budget(11e6, "overfit", False, {"steps": 400, "max_batch": 8, "images_per_class": None})
+    assert (given.steps, given.max_batch, given.images_per_class) == (400, 8, small.images_per_class)
     assert lc.choose_budget(11e6, "generalise", False).val_per_class > 0
 
 

@@ -44,10 +44,11 @@ thousand training images and held-out validation images; ``learns`` when validat
 writing anything.
 
 **Output**: the table (row, family, params, input, batch, steps, images/s, loss first -> last, train and
-val accuracy, chance, verdict, notes) and a last line ``N/M families learn``. A default run (all families,
-no ``--rows``/``--quick``) also writes its section of ``benchmarks/results/learning.md`` (date, machine,
-versions), leaving the file's other sections alone; ``--output`` writes any run, ``--json`` writes the
-rows as JSON.
+val accuracy, chance, verdict, notes) and a last line ``N/M families learn``. A default run (all families:
+no ``--rows``/``--quick``/``--shard``) also writes its section of ``benchmarks/results/learning.md`` (date,
+machine, versions), leaving the file's other sections alone; ``--output`` writes any run, ``--json`` writes
+the rows as JSON. ``--shard 1/2`` and ``--shard 2/2`` split a run over two processes (round robin over the
+cheapest-first order); ``--render a.json b.json`` merges their JSON files into the results section.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ class Budget:
 
 
 def choose_budget(params: float, mode: str, quick: bool, overrides: dict[str, int] | None = None) -> Budget:
-    """Images per class, batch cap and steps by mode and model size, capped by any ``--images-per-class``,
-    ``--max-batch`` or ``--steps`` given on the command line.
+    """Images per class, batch cap and steps by mode and model size; ``--images-per-class``, ``--max-batch``
+    and ``--steps`` given on the command line replace the size's values (shorter or longer runs).
 
     Overfit: each image is seen about ten times or more (steps x batch / images); the biggest models get
     few images and a small batch so that they fit CPU memory and time.
@@ -121,8 +122,8 @@ def choose_budget(params: float, mode: str, quick: bool, overrides: dict[str, in
         budget = Budget(images_per_class=8, max_batch=16, steps=50)
     else:
         budget = Budget(images_per_class=2, max_batch=4, steps=50)
-    caps = {k: min(v, getattr(budget, k)) for k, v in (overrides or {}).items() if v is not None}
-    return replace(budget, **caps)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return replace(budget, **given)
 
 
 #: which init arguments of each scheduler are durations (in the scheduler's interval units)
@@ -854,6 +855,13 @@ def _commands(path: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def _shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 1 <= K <= N, e.g. 1/2")
+    return int(k), int(n)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tools.learncheck",
@@ -883,6 +891,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=lambda v: 0 if v == "row" else int(v),
         default=None,
         help="input size in px, or 'row' for the row's own (default: the smallest the model takes)",
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="K/N",
+        help="run only every N-th family from the K-th (1-based) of the cheapest-first order, e.g. two "
+        "single-threaded processes with 1/2 and 2/2 and --json each, merged by --render",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--images-per-class", type=int, default=None, help="override the budget's images")
@@ -930,7 +946,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - reported as the row's error when its turn comes
             probes[row.name] = err
     chosen.sort(key=lambda r: (_probe_params(probes[r.name]), r.name))
-    output = args.output or (RESULTS if not (args.rows or args.quick) else None)
+    if args.shard:  # round robin over the cheapest-first order: shards of about equal cost
+        k, n = args.shard
+        chosen = chosen[k - 1 :: n]
+    output = args.output or (RESULTS if not (args.rows or args.quick or args.shard) else None)
     command = f"python -m tools.learncheck {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
     work = Path(tempfile.mkdtemp(prefix="learncheck-"))
     results: list[Result] = []
