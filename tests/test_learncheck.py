@@ -167,10 +167,10 @@ def test_image_tree_overfit_and_held_out(shared_data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ real runs
-@pytest.mark.slow  # about a minute; real images also train in the default suite (tests/test_integration.py)
 def test_quick_check_trains_two_families_on_real_images(shared_data, tmp_path):
-    """``--quick``: ResNet-18 with CE and ResNet-18-MC with MC-Loss, each with its own recipe, on real
-    CIFAR-10 JPEGs; the table and the summary line are printed, the recorded results are left alone."""
+    """``--quick`` (default suite, about 20 s): the quick-start ResNet-18 recipe (CE) and ResNet-18-MC with
+    ACANet's MC-Loss recipe, on real CIFAR-10 JPEGs; the table and the summary line are printed, the recorded
+    results are left alone."""
     recorded = lc.RESULTS.read_text() if lc.RESULTS.is_file() else None
     out_json = tmp_path / "quick.json"
     proc = _run(

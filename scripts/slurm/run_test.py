@@ -98,8 +98,8 @@ def free_port() -> int:
 
 
 def write_config(tmp: Path) -> Path:
-    """``slurm.conf`` for this machine; ``cred_expire=45`` (SLURM's default 120 s) is also how long a requeued
-    job waits before it may start again, so the requeue scenario waits 45 s instead of 2 minutes."""
+    """``slurm.conf`` for this machine; ``cred_expire=45`` (SLURM's default 120 s) also delays a requeued
+    job's next start: the requeued attempt waited about 90 s instead of 150 s on this machine."""
     for sub in ("state", "spool", "log", "munge"):
         (tmp / sub).mkdir(parents=True, exist_ok=True)
     (tmp / "munge").chmod(0o700)
