@@ -239,3 +239,11 @@ def test_recorded_findings_give_a_reason_for_every_family_that_does_not_learn():
     missing = [fam for fam, v in verdicts.items() if v != "learns" and f"`{fam}`" not in findings]
     assert not missing, f"families without a recorded reason: {missing}"
     assert set(verdicts) == set(lc.group_rows(lc.row_files())), "the recorded run does not cover every family"
+
+
+def test_a_tensor_cache_row_is_read_through_its_inner_datamodule():
+    """The cache row's settings live in its inner datamodule; the check keeps the cache around the images."""
+    row = lc.read_row(lc.EXPERIMENTS / "fast" / "resnet18_cifar10_tensor_cache.yaml")
+    assert row.tensor_cache and "datamodule" not in row.tensor_cache
+    assert row.data["class_path"].endswith("CIFAR10DataModule")
+    assert (row.num_classes(), row.image_size, row.batch_size) == (10, 32, 512)
