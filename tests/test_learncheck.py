@@ -199,7 +199,8 @@ def test_quick_check_trains_two_families_on_real_images(shared_data, tmp_path):
 def test_every_family_in_overfit_mode(shared_data, tmp_path):
     """Every family in overfit mode, as the recorded run is made (two single-threaded shards in parallel,
     merged by --render), at a small budget that keeps the slow suite under an hour: 40 steps, 4 images per
-    class, batch <= 4 (the recorded run's default budget takes about 70 minutes on 2 idle cores)."""
+    class, batch <= 4: 24.5 minutes on 2 idle cores, 2026-12-02 (the recorded run's default budget took
+    about 80)."""
     shards = []
     for k in (1, 2):
         shards.append(
