@@ -248,3 +248,13 @@ def test_a_tensor_cache_row_is_read_through_its_inner_datamodule():
     assert row.tensor_cache and "datamodule" not in row.tensor_cache
     assert row.data["class_path"].endswith("CIFAR10DataModule")
     assert (row.num_classes(), row.image_size, row.batch_size) == (10, 32, 512)
+
+
+@pytest.mark.parametrize(
+    "bad", [["--steps", "0"], ["--max-batch", "-4"], ["--shard", "3/2"], ["--shard", "1"]]
+)
+def test_bad_budget_and_shard_arguments_are_refused(bad):
+    with pytest.raises(SystemExit) as stop:
+        lc.parse_args(bad)
+    assert stop.value.code == 2
+    assert lc.parse_args(["--shard", "2/2", "--steps", "7"]).shard == (2, 2)

@@ -30,15 +30,15 @@ clipping, accumulation, callbacks such as the NaN guard). What the check changes
 * **pre-training**: none (``pretrained: none``, nothing is downloaded); the notes say so where the row
   loads weights or its paper fine-tunes them (``pretrained_required``).
 
-**Modes and verdicts.** *overfit* (every family): a fixed set of training images, each seen about ten
-times; ``learns`` when the training loss falls by at least half (``(first - last) / |first| >= 0.5``, means
-of the first and last tenth of the steps) and the training accuracy of the last epoch reaches
-:data:`TRAIN_ACC_BAR`; ``stuck`` when, after the whole budget, the accuracy is below twice chance both in
-training and re-read in eval mode (for cross-entropy that is a loss near ln C; a loss that fell back from an
-early spike, as lr 0.1 without warm-up produces, is not counted as moving); ``diverged`` on a NaN/inf loss
-or a loss that doubled; ``slow`` otherwise (it moves, but not enough in the steps given). *generalise*
-(cheap families only): a few thousand training images and held-out validation images; ``learns`` when
-validation accuracy >= 2 x chance.
+**Modes and verdicts.** *overfit* (every family): a fixed set of training images, each seen 12-64 times
+(:func:`choose_budget`); ``learns`` when the training loss falls by at least half (``(first - last) /
+|first| >= 0.5``, means of the first and last tenth of the steps) and the training accuracy of the last
+epoch reaches :data:`TRAIN_ACC_BAR`; ``stuck`` when, after the whole budget, the accuracy is below twice
+chance both in training and re-read in eval mode (for cross-entropy that is a loss near ln C; a loss that
+fell back from an early spike, as lr 0.1 without warm-up produces, is not counted as moving); ``diverged``
+on a NaN/inf loss or a loss that doubled; ``slow`` otherwise (it moves, but not enough in the steps given).
+*generalise* (cheap families only): a few thousand training images and held-out validation images;
+``learns`` when validation accuracy >= 2 x chance.
 ``error`` when the row could not be built or run (the message is kept).
 
 **Exit status**: 0 when every family learns, 1 when any family does not (a CI-style check can fail),
@@ -113,8 +113,8 @@ def choose_budget(params: float, mode: str, quick: bool, overrides: dict[str, in
     """Images per class, batch cap and steps by mode and model size; ``--images-per-class``, ``--max-batch``
     and ``--steps`` given on the command line replace the size's values (shorter or longer runs).
 
-    Overfit: each image is seen about ten times or more (steps x batch / images); the biggest models get
-    few images and a small batch so that they fit CPU memory and time.
+    Overfit: each image is seen 12-64 times (steps x batch / images); the biggest models get few images and
+    a small batch so that they fit CPU memory and time.
     """
     if mode == "generalise":
         budget = Budget(images_per_class=300, max_batch=64, steps=300, val_per_class=100)
@@ -671,9 +671,8 @@ def run_row(
             data[key] = default
     callbacks = [cb for cb in row.callbacks if not _short(cb.get("class_path"), "").endswith(NOT_TRAINING)]
     data_cfg: dict[str, Any] = {"class_path": "datamodules.ImageFolderDataModule", "init_args": data}
-    if (
-        row.tensor_cache
-    ):  # the row's cache, around the real images: its kornia/torchvision batch pipeline runs
+    if row.tensor_cache:
+        # the row's own cache around the real images, so that its batch pipeline is what trains
         cache_args = {**row.tensor_cache, "device": "cuda" if device == "cuda" else "cpu"}
         cache_args.update(cache_dir=str(workdir / "tensor_cache"), datamodule=data_cfg)
         data_cfg = {"class_path": "datamodules.tensor_cache.TensorCacheDataModule", "init_args": cache_args}
@@ -883,6 +882,12 @@ def _commands(path: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return int(text)
+
+
 def _shard(text: str) -> tuple[int, int]:
     k, sep, n = text.partition("/")
     if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
@@ -929,9 +934,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "single-threaded processes with 1/2 and 2/2 and --json each, merged by --render",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--images-per-class", type=int, default=None, help="override the budget's images")
-    parser.add_argument("--max-batch", type=int, default=None, help="override the budget's batch cap")
-    parser.add_argument("--steps", type=int, default=None, help="override the budget's optimiser steps")
+    parser.add_argument(
+        "--images-per-class", type=_positive, default=None, help="replace the budget's images"
+    )
+    parser.add_argument("--max-batch", type=_positive, default=None, help="replace the budget's batch cap")
+    parser.add_argument("--steps", type=_positive, default=None, help="replace the budget's optimiser steps")
     return parser.parse_args(argv)
 
 
