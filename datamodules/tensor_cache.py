@@ -32,7 +32,10 @@ Batches are served without DataLoader workers: a seeded permutation per epoch (s
 sharded by global rank (``perm[rank::world_size]``, truncated to equal shard sizes for training so every
 rank runs the same number of steps; evaluation shards cover every sample exactly once, without the
 duplicates a ``DistributedSampler`` pads with). Lightning calls ``set_epoch`` on the loader's ``sampler``
-every epoch, so resuming reproduces the order.
+every epoch, so resuming reproduces the order. Consecutive batches of the permutation, about
+``AUGMENT_SAMPLES`` images (at most ``AUGMENT_BYTES`` of float32 input), are gathered and augmented in one
+call and then served batch by batch: every sample still draws its own parameters, and kornia's fixed cost
+per call is paid once per chunk instead of once per batch.
 
 YAML::
 
@@ -72,6 +75,10 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+# DeviceBatchLoader augments this many samples per call (whole batches; kornia's cost per call is fixed,
+# most of it at batch 64 on CPU), with at most this much float32 input
+AUGMENT_SAMPLES = 256
+AUGMENT_BYTES = 64 * 2**20
 
 
 # --------------------------------------------------------------------------------------- batch augmentation
@@ -211,6 +218,8 @@ class DeviceBatchLoader:
         world_size: number of processes.
         equal_shards: truncate every rank's shard to ``N // world_size`` samples (training, so all ranks take
             the same number of optimiser steps); ``False`` covers every sample exactly once (evaluation).
+        augment_samples: about how many samples ``transform`` gets per call (whole batches, see
+            :attr:`chunk_size`); 1 calls it once per batch.
     """
 
     def __init__(
@@ -225,6 +234,7 @@ class DeviceBatchLoader:
         rank: int = 0,
         world_size: int = 1,
         equal_shards: bool | None = None,
+        augment_samples: int = AUGMENT_SAMPLES,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -236,6 +246,7 @@ class DeviceBatchLoader:
         self.seed = int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.equal_shards = shuffle if equal_shards is None else equal_shards
+        self.augment_samples = int(augment_samples)
         self.epoch = 0
         # what Lightning inspects on a dataloader: set_epoch is called on `sampler` every epoch
         self.sampler = _EpochSetter(self)
@@ -275,6 +286,15 @@ class DeviceBatchLoader:
             shard = shard[: (len(shard) // self.batch_size) * self.batch_size]
         return shard.to(self.device)
 
+    @property
+    def chunk_size(self) -> int:
+        """Samples augmented per call: whole batches, about ``augment_samples`` in all and at most
+        :data:`AUGMENT_BYTES` of float32 input, at least one batch."""
+        per_sample = 4 * self.images[0].numel() if len(self.images) else 1
+        by_count = math.ceil(self.augment_samples / self.batch_size)
+        by_bytes = AUGMENT_BYTES // (per_sample * self.batch_size)
+        return self.batch_size * max(1, min(by_count, by_bytes))
+
     def _generator(self, epoch: int) -> torch.Generator:
         gen = torch.Generator(device=self.device)
         gen.manual_seed((self.seed * 1_000_003 + epoch) * 4099 + self.rank + 1)
@@ -285,9 +305,15 @@ class DeviceBatchLoader:
         self.epoch += 1  # loops that never call set_epoch still get a new order every epoch
         idx = self.indices(epoch)
         gen = self._generator(epoch)
-        for start in range(0, len(idx), self.batch_size):
-            batch = idx[start : start + self.batch_size]
-            yield self.transform(self.images.index_select(0, batch), gen), self.labels.index_select(0, batch)
+        step = self.chunk_size
+        for chunk_start in range(0, len(idx), step):
+            chunk = idx[chunk_start : chunk_start + step]
+            # one augmentation call for several batches: every sample still draws its own parameters, and
+            # kornia's fixed cost per call (parameter draws, checks, dispatch) is shared by the batches
+            x = self.transform(self.images.index_select(0, chunk), gen)
+            y = self.labels.index_select(0, chunk)
+            for start in range(0, len(chunk), self.batch_size):
+                yield x[start : start + self.batch_size], y[start : start + self.batch_size]
 
 
 # ------------------------------------------------------------------------------------------- the datamodule

@@ -261,6 +261,38 @@ def test_ddp_shards_cover_the_set_exactly_once(cifar_args, tmp_path):
     ) == 6
 
 
+def test_batches_augmented_in_chunks_are_the_batches_of_one_call_each(cifar_args, tmp_path):
+    """Several batches per augmentation call: the same batches in the same order, sizes unchanged."""
+    dm = cached(CIFAR10DataModule(**cifar_args, batch_size=3, num_workers=0), tmp_path)
+    images, labels = dm.tensors["train"]
+    calls = []
+
+    def counting(x, gen=None):
+        calls.append(len(x))
+        return dm.eval_augment(x, gen)
+
+    def loader(augment_samples, shuffle):
+        return DeviceBatchLoader(
+            images, labels, 3, counting, shuffle=shuffle, drop_last=False, augment_samples=augment_samples
+        )
+
+    for shuffle in (False, True):
+        chunked, single = loader(7, shuffle), loader(1, shuffle)
+        assert (chunked.chunk_size, single.chunk_size) == (9, 3)  # whole batches: ceil(7 / 3) of them
+        calls.clear()
+        a = list(chunked)
+        assert calls == [9, 9, 2]  # 20 samples: two chunks of 3 batches, then the ragged rest
+        calls.clear()
+        b = list(single)
+        assert calls == [3] * 6 + [2]
+        assert [len(y) for _, y in a] == [len(y) for _, y in b] == [3] * 6 + [2]
+        for (xa, ya), (xb, yb) in zip(a, b):  # deterministic transform: identical batches
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # the memory bound: at most AUGMENT_BYTES of float32 input per call, never less than one batch
+    big = torch.zeros(4, 3, 2048, 2048, dtype=torch.uint8)
+    assert DeviceBatchLoader(big, labels[:4], 2, counting, shuffle=False, drop_last=False).chunk_size == 2
+
+
 # ---------------------------------------------------------------------------------------------- Lightning
 def test_two_step_lightning_fit_through_the_cache(cifar_args, tmp_path):
     from lightning_modules import ClassificationTask
