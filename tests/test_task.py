@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
+from sklearn.metrics import cohen_kappa_score, f1_score, precision_score, recall_score
 from torch import nn
 
 from datamodules.digits import DigitsDataModule
@@ -91,6 +92,29 @@ def test_metric_values_on_fixed_input():
     # kappa: observed agreement 0.25; expected from marginals pred (2,1,1)/4 vs true (1,2,1)/4
     pe = (2 * 1 + 1 * 2 + 1 * 1) / 16
     assert values["x/kappa"] == pytest.approx((0.25 - pe) / (1 - pe), abs=1e-6)
+
+
+def test_every_metric_keeps_its_own_state_in_the_collection():
+    # batch 1 is right at top-1, so top-k and macro states start equal (torchmetrics' compute groups would
+    # merge them and report top-3 counts as F1); batch 2 has errors
+    logits1 = torch.eye(4)[[0, 1, 2, 3, 0, 1]] * 5
+    target1 = torch.tensor([0, 1, 2, 3, 0, 1])
+    logits2 = torch.tensor([[5.0, 4, 0, 0], [0, 5, 4, 0], [0, 4, 3, 5], [4, 0, 0, 5]])
+    target2 = torch.tensor([1, 1, 2, 3])
+    names = ["acc1", "acc2", "acc3", "precision", "recall", "f1", "kappa"]
+    m = build_metrics(names, 4, prefix="t/")
+    m.update(logits1, target1)
+    m.update(logits2, target2)
+    got = m.compute()
+    y = torch.cat([target1, target2]).numpy()
+    pred = torch.cat([logits1, logits2]).argmax(1).numpy()
+    assert got["t/acc1"] == pytest.approx((pred == y).mean(), abs=1e-6)
+    assert got["t/f1"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-6)
+    assert got["t/precision"] == pytest.approx(precision_score(y, pred, average="macro"), abs=1e-6)
+    assert got["t/recall"] == pytest.approx(recall_score(y, pred, average="macro"), abs=1e-6)
+    assert got["t/kappa"] == pytest.approx(cohen_kappa_score(y, pred), abs=1e-6)
+    assert got["t/acc2"] == pytest.approx(9 / 10, abs=1e-6)  # batch 2: sample 2 has its class third
+    assert got["t/acc3"] == pytest.approx(1.0, abs=1e-6)
 
 
 class RecordingLoss(TaskLoss):
