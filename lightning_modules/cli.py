@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,10 @@ class PaperCLI(LightningCLI):
         if printing:  # parse without it, then print the config with the folders this command will use
             args = [a for a in argv if str(a).split("=")[0] != "--print_config"]
         try:
-            super().parse_arguments(parser, args)
+            with warnings.catch_warnings():
+                # the command line's own arguments, `_base_` files expanded: not the mix Lightning warns about
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+                super().parse_arguments(parser, args)
         except ArgumentError as err:
             raise config_key_error(parser, err, argv) from None
         if printing:

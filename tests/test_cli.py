@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,25 @@ def test_unknown_model_is_one_message_with_close_matches(monkeypatch, capsys):
     assert code == 2
     assert "unknown backbone 'resnet81'" in err and "resnet18" in err
     assert "Traceback" not in err
+
+
+def test_a_command_line_run_does_not_warn_about_its_own_arguments(monkeypatch, capsys):
+    """main.py hands LightningCLI the command line with `_base_` files expanded; Lightning's warning about
+    passing both ``args`` and ``sys.argv`` would open every run's output."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = run_main(
+            monkeypatch,
+            capsys,
+            "fit",
+            "--config",
+            QUICKSTART,
+            *FAST,
+            "--model.init_args.backbone",
+            "resnet81",
+        )
+    assert code == 2 and "unknown backbone" in err  # parsing ran
+    assert not [w for w in caught if "args parameter is intended" in str(w.message)]
 
 
 def test_unknown_yaml_key_is_rejected_with_its_name(monkeypatch, capsys, tmp_path):
