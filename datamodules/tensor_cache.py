@@ -75,8 +75,8 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-# DeviceBatchLoader augments this many samples per call (whole batches; kornia's cost per call is fixed,
-# most of it at batch 64 on CPU), with at most this much float32 input
+# DeviceBatchLoader augments about this many samples per call (whole batches; part of kornia's cost is fixed
+# per call), with at most this much float32 input
 AUGMENT_SAMPLES = 256
 AUGMENT_BYTES = 64 * 2**20
 
